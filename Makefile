@@ -1,0 +1,36 @@
+# Two commands for a fresh clone: `make demo` and `make test`. Both create .venv and install first.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements-extra.txt | cksum | cut -d' ' -f1)
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-extra.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch lies on disk; a bare `torch` would pull a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	# packages whose own dependencies we must not pull (see requirements-extra.txt)
+	$(PY) -m pip install -q --no-deps -r requirements-extra.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: install
+	$(PY) -m engine run runs/demo/spec.toml
+	$(PY) -m engine status runs/demo/spec.toml
+	$(PY) -m engine export runs/demo/spec.toml --stage label_reasons --format sft -o runs/demo/out/sft.jsonl
+	$(PY) -m engine export runs/demo/spec.toml --stage label_reasons --format submission -o runs/demo/out/submission.jsonl
+	$(PY) -m engine train sft runs/demo/train.toml
+
+test: install
+	$(PY) -m pip install -q "llama-cpp-python[server]==0.3.16" || echo "llama-cpp-python did not build: its test will skip"
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs/*/out runs/*/cache

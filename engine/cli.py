@@ -1,0 +1,204 @@
+"""`python -m engine ...`: run, status, export and filter replay; other commands come from their packages."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine.errors import RunStopped, SpecError
+
+# Commands that live beside the engine: (module, function that adds the sub-parser).
+PLUGINS = [
+    ("evals.cli", "add_eval_command"),
+    ("trainers.cli", "add_train_commands"),
+    ("trainers.first.cli", "add_distill_commands"),
+]
+STANDALONE_FILTERS = ("dedupe", "leakage")
+EXPORTERS = {
+    "sft": "trainers.data:export_sft",
+    "dpo": "trainers.data:export_dpo",
+    "submission": "evals.submission:export_submission",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a spec, or resume it after any crash")
+    run.add_argument("spec", type=Path)
+    run.add_argument("--shard", default="1/1", help="I/N: run the I-th of N disjoint slices (1-based)")
+    run.add_argument("--stage", action="append", help="run only this stage (repeatable)")
+    run.add_argument("--retry-failed", action="store_true", help="request again the items that failed")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(handler=cmd_run)
+
+    status = sub.add_parser("status", help="per stage: kept / rejected / failed / pending, tokens, cost")
+    status.add_argument("spec", type=Path)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    export = sub.add_parser("export", help="write a stage's kept records in a training or submission format")
+    export.add_argument("spec", type=Path)
+    export.add_argument("--stage", required=True)
+    export.add_argument("--format", default="jsonl", choices=["jsonl", *EXPORTERS])
+    export.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
+    export.set_defaults(handler=cmd_export)
+
+    replay = sub.add_parser(
+        "filter",
+        help="re-run the filter chain over stored answers (no requests); also `filter dedupe|leakage`",
+    )
+    replay.add_argument("spec", type=Path)
+    replay.add_argument("--stage", action="append", help="replay only this stage (repeatable)")
+    replay.set_defaults(handler=cmd_replay)
+
+    for module, function in PLUGINS:
+        try:
+            add: Callable[[Any], None] = getattr(importlib.import_module(module), function)
+        except (ImportError, AttributeError):
+            continue
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["filter"] and argv[1:2] and argv[1] in STANDALONE_FILTERS:
+            from filters.standalone import main as filter_main
+
+            return filter_main(argv[1:]) or 0
+        args = build_parser().parse_args(argv)
+        return args.handler(args) or 0
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RunStopped as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 1
+
+
+def _load(path: Path) -> Any:
+    from engine.spec import load_spec
+
+    return load_spec(path)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise SpecError(f"--shard {text!r}: expected I/N, e.g. 2/8") from None
+    if not 1 <= index <= count:
+        raise SpecError(f"--shard {text!r}: I must be between 1 and N")
+    return index - 1, count
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.pipeline import Pipeline
+
+    loaded = _load(args.spec)
+    pipeline = Pipeline(
+        loaded,
+        shard=_shard(args.shard),
+        stages=args.stage,
+        retry_failed=args.retry_failed,
+        progress=not args.quiet,
+    )
+    manifest = asyncio.run(pipeline.run())
+    if pipeline.stop_reason and not pipeline.stop_reason.startswith("stopped by"):
+        raise RunStopped(pipeline.stop_reason)
+    print(_status_table(manifest) if not args.quiet else f"{manifest['name']}: {manifest['status']}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from engine.pipeline import Pipeline
+
+    loaded = _load(args.spec)
+    manifest = asyncio.run(Pipeline(loaded, mode="status", progress=False).run())
+    _add_usage(manifest, loaded.out_dir)
+    if args.json:
+        sys.stdout.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(_status_table(manifest))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from engine.pipeline import Pipeline
+
+    loaded = _load(args.spec)
+    manifest = asyncio.run(Pipeline(loaded, mode="replay", stages=args.stage, progress=False).run())
+    print(_status_table(manifest))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.store import atomic_output, read_outcome
+
+    loaded = _load(args.spec)
+    loaded.stage(args.stage)
+    stage_dir = loaded.out_dir / args.stage
+    if not (stage_dir / "kept").is_dir():
+        raise SpecError(f"{stage_dir}: no kept records yet; run `python -m engine run {args.spec}` first")
+    records = read_outcome(stage_dir, "kept")
+    if args.format == "jsonl":
+        write = _write_jsonl
+    else:
+        module, function = EXPORTERS[args.format].split(":")
+        write = getattr(importlib.import_module(module), function)
+    if args.output is None:
+        count = write(records, sys.stdout.buffer)
+    else:
+        with atomic_output(args.output) as out:
+            count = write(records, out)
+    print(f"wrote {count} records ({args.format}) to {args.output or 'stdout'}", file=sys.stderr)
+    return 0
+
+
+def _write_jsonl(records: Any, out: Any) -> int:
+    count = 0
+    for record in records:
+        out.write(orjson.dumps(record) + b"\n")
+        count += 1
+    return count
+
+
+def _add_usage(manifest: dict[str, Any], out_dir: Path) -> None:
+    """Tokens and cost come from the run's own manifests (a status run makes no requests)."""
+    from engine.store import read_manifests
+
+    for name, provider in manifest["providers"].items():
+        for saved in read_manifests(out_dir):
+            for key, value in saved.get("providers", {}).get(name, {}).items():
+                if isinstance(value, int | float) and key != "window":
+                    provider[key] = provider.get(key, 0) + value
+
+
+def _status_table(manifest: dict[str, Any]) -> str:
+    rows = [f"run {manifest['name']}: {manifest['status']}"]
+    rows.append(f"{'stage':<20}{'kept':>8}{'rejected':>10}{'failed':>8}{'pending':>9}")
+    for name, stage in manifest["stages"].items():
+        c = stage["counts"]
+        rows.append(f"{name:<20}{c['kept']:>8}{c['rejected']:>10}{c['failed']:>8}{c['pending']:>9}")
+        for reason, n in stage["reasons"].items():
+            rows.append(f"    rejected by {reason}: {n}")
+        for key, value in stage.get("stats", {}).items():
+            rows.append(f"    {key}: {value:.2f}" if isinstance(value, float) else f"    {key}: {value}")
+    for name, p in manifest["providers"].items():
+        tokens = p.get("prompt_tokens", 0) + p.get("completion_tokens", 0)
+        if "requests" in p:
+            rows.append(
+                f"provider {name} ({p['model']}): {p['requests']} requests, {tokens} tokens, "
+                f"{p.get('rate_limited', 0)} 429s, {p.get('retries', 0)} retries, cost {p.get('cost', 0):.4f}"
+            )
+    return "\n".join(rows)

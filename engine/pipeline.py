@@ -1,0 +1,476 @@
+"""Runs a spec's stages in order: work items -> provider (limiter, retries) -> journal -> filter chain.
+
+The same loop serves three modes: `run` (request what has no outcome yet), `replay` (no requests;
+rebuild kept/rejected/failed from the journal with the current filters) and `status` (no requests,
+no writes; count). Commit order is deterministic: round, then input order, then sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import signal
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from engine.errors import BadOutput, Fatal, ProviderError, RunStopped, SpecError
+from engine.progress import StageProgress
+from engine.spec import LoadedSpec, StageSpec
+from engine.store import DerivedWriter, Journal, manifest_path, read_jsonl, read_outcome, write_json_atomic
+from engine.types import ChatRequest, Completion, Record, WorkItem
+from filters.base import Filter, build_filter
+
+Mode = Literal["run", "replay", "status"]
+
+
+def work_key(stage: str, item: WorkItem, round_no: int) -> str:
+    payload = [stage, str(item.record["id"]), item.sample, round_no, item.fingerprint]
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
+
+
+def key_shard(key: str, shards: int) -> int:
+    return int(key[:8], 16) % shards
+
+
+@dataclass
+class StageReport:
+    name: str
+    counts: Counter = field(default_factory=Counter)  # kept / rejected / failed / pending
+    reasons: Counter = field(default_factory=Counter)  # "filter: reason class" -> n
+    filter_stats: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # the generator's figures over kept records
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "counts": {k: self.counts.get(k, 0) for k in ("kept", "rejected", "failed", "pending")},
+            "reasons": dict(self.reasons.most_common()),
+            "filters": self.filter_stats,
+            "stats": self.stats,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class Pipeline:
+    def __init__(
+        self,
+        loaded: LoadedSpec,
+        *,
+        mode: Mode = "run",
+        shard: tuple[int, int] = (0, 1),
+        stages: list[str] | None = None,
+        retry_failed: bool = False,
+        progress: bool = True,
+    ):
+        self.loaded = loaded
+        self.mode = mode
+        self.shard = shard
+        self.only = set(stages or [])
+        self.retry_failed = retry_failed
+        self.progress = StageProgress(enabled=progress and mode == "run")
+        self.clients: dict[str, Any] = {}
+        self.stopping = asyncio.Event()
+        self.stop_reason = ""
+        self.reports: dict[str, StageReport] = {}
+        self.started = time.time()
+
+    # ---- the run -------------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        if self.shard[1] > 1:
+            for stage in self.loaded.spec.stages:
+                if not self.loaded.generators[stage.name].shardable:
+                    raise SpecError(f"stage {stage.name!r} ({stage.generator}) cannot be split with --shard")
+        loop = asyncio.get_running_loop()
+        if self.mode == "run":
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.stop, f"stopped by {signal.Signals(sig).name}")
+        try:
+            for stage in self.loaded.spec.stages:
+                if self.only and stage.name not in self.only:
+                    continue
+                if self.stopping.is_set():
+                    self.reports[stage.name] = StageReport(stage.name)
+                    continue
+                self.reports[stage.name] = await self._stage(stage)
+        finally:
+            if self.mode == "run":
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+            for client in self.clients.values():
+                await client.aclose()
+            self.progress.stop()
+        manifest = self.manifest()
+        if self.mode != "status":
+            write_json_atomic(manifest_path(self.loaded.out_dir, self.shard), manifest)
+        return manifest
+
+    def stop(self, reason: str) -> None:
+        if not self.stopping.is_set():
+            self.stop_reason = reason
+            self.progress.log(f"[yellow]{reason}: finishing requests in flight, then stopping")
+        self.stopping.set()
+
+    async def _stage(self, stage: StageSpec) -> StageReport:
+        gen = self.loaded.generators[stage.name]
+        report = StageReport(stage.name)
+        started = time.monotonic()
+        stage_dir = self.loaded.out_dir / stage.name
+        journal = Journal(stage_dir, self.shard[0], readonly=self.mode != "run")
+        if journal.torn_bytes:
+            self.progress.log(f"{journal.path}: dropped a torn last line ({journal.torn_bytes} bytes)")
+        chain = self._chain(stage)
+        writer = DerivedWriter(stage_dir, self.shard[0]) if self.mode == "run" else None
+        if self.mode == "replay":
+            writer = DerivedWriter(stage_dir, 0, replace_all=True)
+        kept_all: list[Record] = []
+        self.progress.start(stage.name, self._expected(stage))
+        done = 0
+        try:
+            inputs = self._checked(gen, self._inputs(stage))
+            for round_no, items in enumerate(gen.rounds(inputs)):
+                order: deque[tuple[str, WorkItem]] = deque()
+                fresh: dict[str, dict[str, Any]] = {}
+                kept_round: list[Record] = []
+
+                def commit_ready() -> None:
+                    nonlocal done
+                    while order and (order[0][0] in fresh or order[0][0] in journal):
+                        key, _ = order.popleft()
+                        entry = fresh.pop(key, None) or journal.get(key)
+                        self._commit(entry, chain, writer, report, kept_round)
+                        done += 1
+                    self.progress.update(done, self._stats())
+
+                async with _TaskPool(self._in_flight(stage)) as pool:
+                    for item in items:
+                        key = work_key(stage.name, item, round_no)
+                        if not self._mine(stage, key):
+                            continue
+                        order.append((key, item))
+                        redo = self.retry_failed and key in journal and journal.get(key)["status"] == "failed"
+                        if key in journal and not redo:
+                            commit_ready()
+                            continue
+                        if self.mode != "run" or self.stopping.is_set():
+                            continue
+                        client = await self._client(stage.provider)
+                        await pool.submit(self._item(stage, gen, item, key, round_no, client, fresh, journal))
+                        commit_ready()
+                    await pool.drain(on_done=commit_ready)
+                commit_ready()
+                report.counts["pending"] += len(order)
+                gen.accept(kept_round)
+                kept_all.extend(kept_round)
+                if self.stopping.is_set():
+                    break
+            for f in chain:
+                report.filter_stats[f.name] = f.stats()
+            report.stats = gen.stats(kept_all)
+            if writer:
+                writer.commit()
+        except BaseException:
+            if writer:
+                writer.abort()
+            raise
+        finally:
+            journal.close()
+            self.progress.stop()
+        report.seconds = time.monotonic() - started
+        self._log_stage(report)
+        return report
+
+    async def _item(
+        self,
+        stage: StageSpec,
+        gen: Any,
+        item: WorkItem,
+        key: str,
+        round_no: int,
+        client: Any,
+        fresh: dict[str, dict[str, Any]],
+        journal: Journal,
+    ) -> None:
+        calls: list[Completion] = []
+
+        async def llm(request: ChatRequest) -> Completion:
+            completion = await client(request)
+            calls.append(completion)
+            return completion
+
+        out_id = gen.output_id(item)
+        entry: dict[str, Any] = {"key": key, "id": out_id, "round": round_no, "sample": item.sample}
+        try:
+            for attempt in range(stage.max_bad_output):
+                try:
+                    fields = await gen.generate(item, llm, attempt)
+                    break
+                except BadOutput as exc:
+                    last = exc
+            else:
+                entry.update(status="rejected", filter="parse", reason=str(last), raw_text=last.raw)
+                entry["meta"] = _meta(calls, client, stage.max_bad_output)
+                fields = None
+            if fields is not None:
+                record = {**item.record, **fields, "id": out_id}
+                if out_id != str(item.record["id"]):
+                    record["source_id"] = item.record["id"]
+                record["meta"] = _meta(calls, client, attempt + 1)
+                entry.update(status="ok", record=record)
+        except Fatal as exc:
+            if exc.stop_run:
+                self.stop(f"stage {stage.name!r}: {exc}")
+                return
+            entry.update(status="failed", error=type(exc).__name__, message=str(exc), status_code=exc.status)
+        except RunStopped as exc:
+            self.stop(str(exc))
+            return
+        except ProviderError as exc:
+            entry.update(status="failed", error=type(exc).__name__, message=str(exc), status_code=exc.status)
+        except Exception as exc:  # a generator bug must not take the run down: the record fails visibly
+            entry.update(status="failed", error=type(exc).__name__, message=str(exc))
+        journal.append(entry)
+        fresh[key] = entry
+        self._check_budget()
+
+    # ---- commit: one outcome per key -----------------------------------------------------
+    def _commit(
+        self,
+        entry: dict[str, Any],
+        chain: list[Filter],
+        writer: DerivedWriter | None,
+        report: StageReport,
+        kept_round: list[Record],
+    ) -> None:
+        status = entry["status"]
+        if status == "ok":
+            record = orjson.loads(orjson.dumps(entry["record"]))  # the chain owns its copy
+            for f in chain:
+                verdict = f(record)
+                if verdict is True or (isinstance(verdict, tuple) and verdict[0]):
+                    continue
+                reason = verdict[1] if isinstance(verdict, tuple) else "dropped"
+                report.counts["rejected"] += 1
+                report.reasons[f"{f.name}: {reason.split(':')[0]}"] += 1
+                if writer:
+                    writer.write("rejected", {"id": entry["id"], "key": entry["key"], "filter": f.name,
+                                              "reason": reason, "record": record})
+                return
+            report.counts["kept"] += 1
+            kept_round.append(record)
+            if writer:
+                writer.write("kept", record)
+        elif status == "rejected":
+            report.counts["rejected"] += 1
+            report.reasons[f"{entry['filter']}: {entry['reason'].split(':')[0]}"] += 1
+            if writer:
+                writer.write("rejected", {k: v for k, v in entry.items() if k != "status"})
+        else:
+            report.counts["failed"] += 1
+            if writer:
+                writer.write("failed", {k: v for k, v in entry.items() if k != "status"})
+
+    # ---- inputs, shards, clients ---------------------------------------------------------
+    def _inputs(self, stage: StageSpec) -> Iterator[Record]:
+        if stage.input is None:
+            return iter(())
+        names = [s.name for s in self.loaded.spec.stages]
+        if stage.input in names:
+            records: Iterable[Record] = read_outcome(self.loaded.out_dir / stage.input, "kept")
+        else:
+            path = self.loaded.base_dir / stage.input
+            records = _with_ids(path, read_jsonl(path))
+        return itertools.islice(records, stage.limit) if stage.limit else iter(records)
+
+    def _checked(self, gen: Any, records: Iterator[Record]) -> Iterator[Record]:
+        first = next(records, None)
+        if first is None:
+            return
+        gen.check(first)
+        yield first
+        yield from records
+
+    def _mine(self, stage: StageSpec, key: str) -> bool:
+        # Only stages that read a file are split by key; later stages take their own shard's records.
+        index, count = self.shard
+        if count == 1 or self.mode != "run" or stage.input in {s.name for s in self.loaded.spec.stages}:
+            return True
+        return key_shard(key, count) == index
+
+    def _expected(self, stage: StageSpec) -> int | None:
+        if stage.input is None:
+            return None
+        names = [s.name for s in self.loaded.spec.stages]
+        if stage.input in names:
+            n = sum(1 for _ in read_outcome(self.loaded.out_dir / stage.input, "kept"))
+        else:
+            with open(self.loaded.base_dir / stage.input, "rb") as f:
+                n = sum(1 for line in f if line.strip())
+        if stage.limit:
+            n = min(n, stage.limit)
+        return n * stage.samples // (self.shard[1] if stage.input not in names else 1)
+
+    async def _client(self, name: str | None) -> Any:
+        if name is None:
+            raise SpecError("this stage needs a provider")
+        if name not in self.clients:
+            from engine.client import LLMClient
+            from engine.providers import provider_class
+
+            config = self.loaded.provider_configs[name]
+            provider = provider_class(config.kind)(name, config, cache_dir=self.loaded.cache_dir)
+            client = LLMClient(provider)
+            self.clients[name] = client
+            try:
+                await client.preflight()
+            except (Fatal, ProviderError) as exc:
+                raise RunStopped(f"provider {name!r} failed its preflight: {exc}") from None
+        return self.clients[name]
+
+    def _in_flight(self, stage: StageSpec) -> int:
+        if self.loaded.spec.run.max_in_flight:
+            return self.loaded.spec.run.max_in_flight
+        config = self.loaded.provider_configs.get(stage.provider or "")
+        return 2 * (config.max_concurrency if config else 8)
+
+    def _chain(self, stage: StageSpec) -> list[Filter]:
+        chain = []
+        for table in stage.filters:
+            options = dict(table)
+            chain.append(build_filter(options.pop("kind"), options, base_dir=self.loaded.base_dir))
+        return chain
+
+    # ---- budget, stats, manifest ---------------------------------------------------------
+    def _stats(self) -> dict[str, Any]:
+        total: Counter = Counter()
+        for client in self.clients.values():
+            total.update({k: v for k, v in client.stats.items() if isinstance(v, int | float)})
+        return dict(total)
+
+    def _check_budget(self) -> None:
+        run, stats = self.loaded.spec.run, self._stats()
+        tokens = stats.get("prompt_tokens", 0) + stats.get("completion_tokens", 0)
+        if run.max_cost is not None and stats.get("cost", 0) >= run.max_cost:
+            self.stop(f"budget reached: cost {stats['cost']:.4f} >= max_cost {run.max_cost}")
+        if run.max_tokens is not None and tokens >= run.max_tokens:
+            self.stop(f"budget reached: {tokens} tokens >= max_tokens {run.max_tokens}")
+
+    def _log_stage(self, report: StageReport) -> None:
+        c = report.counts
+        self.progress.log(
+            f"{report.name}: kept {c['kept']}, rejected {c['rejected']}, failed {c['failed']}, "
+            f"pending {c['pending']} ({report.seconds:.1f}s)"
+        )
+
+    def manifest(self) -> dict[str, Any]:
+        from engine import versions
+
+        spec = self.loaded.spec
+        previous = {}
+        path = manifest_path(self.loaded.out_dir, self.shard)
+        if path.exists():
+            previous = orjson.loads(path.read_bytes())
+        stages = dict(previous.get("stages", {}))
+        stages.update({name: report.as_dict() for name, report in self.reports.items()})
+        providers = {}
+        for name, config in self.loaded.provider_configs.items():
+            # usage adds up over every invocation of the same run (resumes included)
+            entry = {k: v for k, v in previous.get("providers", {}).get(name, {}).items() if k != "window"}
+            if name in self.clients:
+                for key, value in self.clients[name].stats.items():
+                    if isinstance(value, int | float) and key != "window":
+                        entry[key] = entry.get(key, 0) + value
+            providers[name] = {**entry, "kind": config.kind, "model": config.model}
+        pending = sum(s["counts"]["pending"] for s in stages.values())
+        return {
+            "name": spec.run.name,
+            "description": spec.run.description,
+            "spec": str(self.loaded.path),
+            "spec_hash": self.loaded.hash,
+            "created": previous.get("created", _iso(self.started)),
+            "updated": _iso(time.time()),
+            "shard": list(self.shard),
+            "status": self.stop_reason or ("complete" if pending == 0 else "incomplete"),
+            "versions": versions(),
+            "providers": providers,
+            "stages": stages,
+        }
+
+
+def _with_ids(path: Path, records: Iterable[Record]) -> Iterator[Record]:
+    seen: set[str] = set()
+    for number, record in enumerate(records, 1):
+        if "id" not in record:
+            raise SpecError(f"{path}: record {number} has no 'id' field; every input record needs one")
+        rid = str(record["id"])
+        if rid in seen:
+            raise SpecError(f"{path}: record {number} repeats id {rid!r}; ids must be unique")
+        seen.add(rid)
+        yield record
+
+
+def _meta(calls: list[Completion], client: Any, attempts: int) -> dict[str, Any]:
+    last = calls[-1] if calls else None
+    return {
+        "provider": client.provider.name,
+        "model": last.model if last and last.model else client.provider.config.model,
+        "latency_s": round(sum(c.latency_s for c in calls), 4),
+        "usage": {
+            "prompt_tokens": sum(c.usage.prompt_tokens for c in calls),
+            "completion_tokens": sum(c.usage.completion_tokens for c in calls),
+        },
+        "finish_reason": last.finish_reason if last else None,
+        "attempts": attempts,
+        "calls": len(calls),
+    }
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class _TaskPool:
+    """At most `limit` tasks alive: memory stays flat however long the input is."""
+
+    def __init__(self, limit: int):
+        self.slots = asyncio.Semaphore(limit)
+        self.tasks: set[asyncio.Task] = set()
+        self.error: BaseException | None = None
+
+    async def __aenter__(self) -> _TaskPool:
+        return self
+
+    async def submit(self, coro: Any) -> None:
+        await self.slots.acquire()
+        if self.error:
+            coro.close()
+            raise self.error
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        self.slots.release()
+        if not task.cancelled() and task.exception() and not self.error:
+            self.error = task.exception()  # a bug in the engine itself: re-raised, never swallowed
+
+    async def drain(self, on_done: Any = None) -> None:
+        while self.tasks:
+            await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_COMPLETED)
+            if on_done:
+                on_done()
+        if self.error:
+            raise self.error
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if exc[0] is not None:
+            for task in self.tasks:
+                task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -1,0 +1,55 @@
+"""What every provider kind offers the engine. Providers know nothing of limits or retries:
+they make one request and translate failures into engine.errors classes."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from engine.types import ChatRequest, Completion
+
+
+class ProviderConfig(BaseModel):
+    """Keys shared by every `[providers.NAME]` table; each kind subclasses it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    model: str = ""
+    rpm: float | None = None  # requests per minute; None = unlimited
+    tpm: float | None = None  # tokens per minute; None = unlimited
+    max_concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 6
+    params: dict[str, Any] = {}  # default sampling params (temperature, max_tokens, ...)
+    extra_body: dict[str, Any] = {}  # passed through untouched
+    chars_per_token: float | None = None  # token estimate when no tokenizer is known
+    price_in: float = 0.0  # cost per 1M prompt tokens
+    price_out: float = 0.0  # cost per 1M completion tokens
+
+
+class Provider:
+    kind: ClassVar[str] = ""
+    Config: ClassVar[type[ProviderConfig]] = ProviderConfig
+
+    def __init__(self, name: str, config: ProviderConfig, *, cache_dir: Any = None):
+        self.name = name
+        self.config = config
+        self.cache_dir = cache_dir
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        raise NotImplementedError
+
+    async def preflight(self) -> None:
+        """One cheap request; raise errors.Fatal(stop_run=True) with a clear message on failure."""
+
+    def estimate_tokens(self, request: ChatRequest) -> int:
+        """Prompt tokens plus the max_tokens asked for, before the call (reconciled afterwards)."""
+        chars = sum(len(m.get("content") or "") for m in request.messages)
+        ratio = self.config.chars_per_token or 1.5  # CJK-heavy text runs ~1-1.5 chars per token
+        max_tokens = request.params.get("max_tokens") or self.config.params.get("max_tokens") or 256
+        return int(chars / ratio) + 4 * len(request.messages) + int(max_tokens)
+
+    async def aclose(self) -> None:
+        pass

@@ -1,0 +1,273 @@
+"""The run spec: TOML read with tomllib, validated with pydantic, hashed.
+
+Errors are one line naming the file, the key path and its line, e.g.
+`runs/x/spec.toml:14: stages[0].promt: unknown key (did you mean 'prompt'?)`.
+Generator- and filter-specific keys are validated by their own Config models.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.errors import SpecError
+
+STAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    out: str = Field("out", description="output folder, relative to the spec file")
+    description: str = ""
+    cache: str = Field("cache", description="cache folder (converted local models), relative to the spec file")
+    seed: int = 0
+    max_cost: float | None = Field(None, description="stop cleanly once the run's cost passes this")
+    max_tokens: int | None = Field(None, description="stop cleanly once the run's tokens pass this")
+    max_in_flight: int | None = Field(None, description="items in flight per stage; default 2x the concurrency")
+
+
+class StageSpec(BaseModel):
+    """Keys every stage has; the generator's own keys are validated by its Config."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    generator: str
+    provider: str | None = None
+    input: str | None = Field(None, description="a JSONL file (relative to the spec) or an earlier stage's name")
+    samples: int = Field(1, ge=1, description="answers per input record")
+    params: dict[str, Any] = Field({}, description="sampling params for this stage over the provider's")
+    max_bad_output: int = Field(3, ge=1, description="attempts per item when the answer cannot be parsed")
+    filters: list[dict[str, Any]] = []
+    limit: int | None = Field(None, ge=1, description="use only the first N input records")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run: RunConfig
+    providers: dict[str, dict[str, Any]] = {}
+    stages: list[StageSpec]
+
+
+@dataclass
+class LoadedSpec:
+    """A validated spec plus where it came from and everything built from it."""
+
+    path: Path
+    spec: Spec
+    text: str
+    generators: dict[str, Any]  # stage name -> Generator
+    provider_configs: dict[str, Any]  # provider name -> ProviderConfig
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def out_dir(self) -> Path:
+        return (self.base_dir / self.spec.run.out).resolve()
+
+    @property
+    def cache_dir(self) -> Path:
+        return (self.base_dir / self.spec.run.cache).resolve()
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+    def stage(self, name: str) -> StageSpec:
+        for stage in self.spec.stages:
+            if stage.name == name:
+                return stage
+        names = ", ".join(s.name for s in self.spec.stages)
+        raise SpecError(f"{self.path}: no stage named {name!r} (stages: {names})")
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read spec ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: invalid TOML: {exc}") from None
+    err = _Errors(path, text)
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise err.from_validation(exc) from None
+    return LoadedSpec(path, spec, text, *_build(spec, path, err))
+
+
+def _build(spec: Spec, path: Path, err: _Errors) -> tuple[dict[str, Any], dict[str, Any]]:
+    from engine.providers import kinds, provider_class
+    from generators import get_generator
+
+    configs = {}
+    for name, table in spec.providers.items():
+        kind = table.get("kind")
+        if kind not in kinds():
+            raise err.at(("providers", name, "kind"), f"expected one of {', '.join(kinds())}, got {kind!r}")
+        cls = provider_class(kind).Config
+        try:
+            configs[name] = cls.model_validate(table)
+        except ValidationError as exc:
+            raise err.from_validation(exc, prefix=("providers", name), fields=tuple(cls.model_fields)) from None
+    seen: list[str] = []
+    generators = {}
+    for i, stage in enumerate(spec.stages):
+        where = ("stages", i)
+        if not STAGE_NAME.match(stage.name) or stage.name in seen:
+            raise err.at((*where, "name"), f"stage name {stage.name!r} must be unique and use [A-Za-z0-9_.-]")
+        try:
+            cls = get_generator(stage.generator)
+        except KeyError as exc:
+            raise err.at((*where, "generator"), str(exc.args[0])) from None
+        if stage.provider is None and cls.needs_provider:
+            raise err.at(where, f"stage {stage.name!r} needs a `provider` (one of: {', '.join(configs)})")
+        if stage.provider is not None and stage.provider not in configs:
+            known = ", ".join(configs) or "none declared"
+            raise err.at((*where, "provider"), f"unknown provider {stage.provider!r} (known: {known})")
+        if cls.needs_input and stage.input is None:
+            raise err.at(where, f"stage {stage.name!r} needs an `input` (a JSONL file or an earlier stage)")
+        if stage.input is not None and stage.input not in seen and not (path.parent / stage.input).is_file():
+            raise err.at(
+                (*where, "input"),
+                f"input {stage.input!r} is neither an earlier stage ({', '.join(seen) or 'none'}) "
+                f"nor a file next to the spec",
+            )
+        try:
+            config = cls.Config.model_validate(stage.options)
+        except ValidationError as exc:
+            fields = (*cls.Config.model_fields, *StageSpec.model_fields)
+            raise err.from_validation(exc, prefix=where, fields=fields) from None
+        try:
+            generators[stage.name] = cls(config, stage=stage, base_dir=path.parent, seed=spec.run.seed)
+        except (ValueError, OSError) as exc:
+            raise err.at(where, str(exc)) from None
+        _check_filters(stage, i, path, err)
+        if stage.input is not None and stage.input not in seen:
+            _check_first_record(generators[stage.name], path.parent / stage.input, where, err)
+        seen.append(stage.name)
+    return generators, configs
+
+
+def _check_first_record(generator: Any, input_path: Path, where: tuple, err: _Errors) -> None:
+    """Fail before any request when the input's first record lacks a field the prompt uses."""
+    from engine.store import read_jsonl
+
+    first = next(read_jsonl(input_path), None)
+    if first is None:
+        raise err.at((*where, "input"), f"input file {input_path} holds no records")
+    try:
+        generator.check(first)
+    except SpecError as exc:
+        raise err.at((*where, "prompt"), f"{exc} (in {input_path.name})") from None
+
+
+def _check_filters(stage: StageSpec, index: int, path: Path, err: _Errors) -> None:
+    from filters.base import filter_config
+
+    for j, table in enumerate(stage.filters):
+        where = ("stages", index, "filters", j)
+        options = dict(table)
+        kind = options.pop("kind", None)
+        if kind is None:
+            raise err.at(where, "a filter table needs `kind`")
+        try:
+            filter_config(kind, options)
+        except ValidationError as exc:
+            raise err.from_validation(exc, prefix=where) from None
+        except (ValueError, OSError) as exc:
+            raise err.at(where, str(exc)) from None
+
+
+class _Errors:
+    """Turns validation errors into one line with the key path and the line it sits on."""
+
+    def __init__(self, path: Path, text: str):
+        self.path = path
+        self.lines = _key_lines(text)
+
+    def at(self, loc: tuple, message: str) -> SpecError:
+        line = self._line(loc)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        return SpecError(f"{where}: {_dotted(loc)}: {message}")
+
+    def from_validation(
+        self, exc: ValidationError, prefix: tuple = (), fields: tuple[str, ...] = ()
+    ) -> SpecError:
+        first = exc.errors()[0]
+        loc = prefix + tuple(first["loc"])
+        if first["type"] == "extra_forbidden":
+            key = str(loc[-1])
+            known = fields or (*RunConfig.model_fields, *Spec.model_fields)
+            hint = difflib.get_close_matches(key, known, n=1)
+            message = "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        elif first["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = f"{first['msg']} (got {first.get('input')!r})"
+        return self.at(loc, message)
+
+    def _line(self, loc: tuple) -> int | None:
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in self.lines:
+                return self.lines[loc[:n]]
+        return None
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _key_lines(text: str) -> dict[tuple, int]:
+    """Map key paths like ('stages', 0, 'prompt') to the line that sets them (tomllib gives none)."""
+    lines: dict[tuple, int] = {}
+    counters: dict[tuple, int] = {}
+    table: tuple = ()
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith(("'", '"')) else raw.strip()
+        if line.startswith("[["):
+            table = _resolve(line[2 : line.find("]]")], counters, array=True)
+            lines.setdefault(table, number)
+        elif line.startswith("["):
+            table = _resolve(line[1 : line.find("]")], counters, array=False)
+            lines.setdefault(table, number)
+        elif "=" in line:
+            key = tuple(part.strip().strip("\"'") for part in line.split("=", 1)[0].split("."))
+            lines.setdefault(table + key, number)
+    return lines
+
+
+def _resolve(name: str, counters: dict[tuple, int], *, array: bool) -> tuple:
+    """`[[stages.filters]]` -> ('stages', i, 'filters', j): arrays of tables address their latest element."""
+    parts = [p.strip().strip("\"'") for p in name.split(".")]
+    path: tuple = ()
+    for n, part in enumerate(parts):
+        path += (part,)
+        if array and n == len(parts) - 1:
+            counters[path] = counters.get(path, -1) + 1
+            path += (counters[path],)
+        elif path in counters:
+            path += (counters[path],)
+    return path

@@ -1,0 +1,80 @@
+"""The generator contract: turn input records into work items, and a work item into output fields.
+
+A generator is a stage type. The pipeline calls `rounds()` to get work (one round for most
+generators; self-instruct uses several so later prompts see earlier accepted records), runs
+`generate()` for each item through `llm` (a provider behind the limiter and retries), and calls
+`accept()` with each round's kept records. `generate()` raises BadOutput for an unusable answer;
+the pipeline re-samples within the stage's budget, then records the item as rejected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from engine.types import ChatRequest, Completion, Record, WorkItem
+
+LLM = Callable[[ChatRequest], Awaitable[Completion]]
+
+
+class GeneratorConfig(BaseModel):
+    """Generator-specific keys of a `[[stages]]` table; each generator subclasses it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Generator:
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[GeneratorConfig]] = GeneratorConfig
+    needs_input: ClassVar[bool] = True
+    needs_provider: ClassVar[bool] = True
+    shardable: ClassVar[bool] = True  # False for feedback generators whose rounds need every answer
+
+    def __init__(self, config: GeneratorConfig, *, stage: Any, base_dir: Path, seed: int = 0):
+        self.config = config
+        self.stage = stage  # engine.spec.StageSpec: name, samples, params, ...
+        self.base_dir = base_dir  # the spec file's folder: relative paths are read from here
+        self.seed = seed  # the run's `[run] seed`: generators that sample (demos, self-instruct) use it
+
+    def check(self, record: Record) -> None:
+        """Raise SpecError when the first input record lacks a field this generator needs."""
+
+    def work(self, record: Record) -> Iterable[WorkItem]:
+        """Work items for one input record (default: `stage.samples` samples of it)."""
+        for sample in range(self.stage.samples):
+            yield WorkItem(record=record, sample=sample, fingerprint=self.fingerprint(record))
+
+    def fingerprint(self, record: Record) -> Any:
+        """Everything besides id/sample that changes the answer; part of the work key."""
+        return None
+
+    def rounds(self, records: Iterable[Record]) -> Iterator[Iterable[WorkItem]]:
+        """Default: one round over every input record, streamed."""
+        yield (item for record in records for item in self.work(record))
+
+    def accept(self, kept: list[Record]) -> None:
+        """Called after each round with the records the filter chain kept, in commit order."""
+
+    def output_id(self, item: WorkItem) -> str:
+        """The id of the record an item produces (unique within the stage)."""
+        rid = str(item.record["id"])
+        return rid if self.stage.samples == 1 else f"{rid}-s{item.sample}"
+
+    def stats(self, kept: list[Record]) -> dict[str, Any]:
+        """Task figures over a stage's kept records, for `engine status` and the manifest."""
+        return {}
+
+    async def generate(self, item: WorkItem, llm: LLM, attempt: int) -> Record:
+        """Return the output fields for one work item (merged over the input record)."""
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Generator]] = {}
+
+
+def register(cls: type[Generator]) -> type[Generator]:
+    REGISTRY[cls.name] = cls
+    return cls
