@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return filter_main(argv[1:]) or 0
         args = build_parser().parse_args(argv)
-        return args.handler(args) or 0
+        handler = getattr(args, "handler", None) or args.func  # plugins set `func`
+        return handler(args) or 0
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

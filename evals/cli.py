@@ -1,0 +1,102 @@
+"""The `eval` command: score an answer file (optionally against gold) and print a table or JSON.
+
+`add_eval_command(subparsers)` registers it on a parent CLI (`python -m engine eval ...`); the flags
+come from EvalConfig's fields, so defaults and help text have one source. Standalone:
+`python -m evals.cli eval PRED.jsonl --gold GOLD.jsonl [--json]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import ValidationError
+
+from engine.errors import SpecError
+from evals.metrics import EvalConfig
+from evals.report import evaluate, format_table
+from evals.submission import load_answers
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for name, info in EvalConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{info.description} (default: {info.default})"
+        if name == "weights":
+            parser.add_argument(
+                "--weight", dest="weights", action="append", metavar="METRIC=W",
+                help=f"weight of a metric in the combined score; repeat; replaces the default {info.default}",
+            )  # fmt: skip
+        elif info.annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif get_origin(info.annotation) is Literal:
+            parser.add_argument(flag, choices=get_args(info.annotation), default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=info.annotation, default=None, help=help_text)
+
+
+def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `eval` on an argparse subparsers object; the parsed args carry `func=main_eval`."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="score diagnosis answers: diseases and reason vs gold, grounding, answer statistics",
+        description="Score an answer file (engine records or the official submission format).",
+    )
+    parser.add_argument(
+        "pred", metavar="PRED.jsonl", help="answers: fields id, diseases, reason[, feature_content]"
+    )
+    parser.add_argument("--gold", metavar="GOLD.jsonl", help="expert answers, joined to PRED by id")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    _add_config_flags(parser)
+    parser.set_defaults(func=main_eval)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    """EvalConfig from the flags the user gave; the rest keep the model's defaults."""
+    options = {
+        name: getattr(args, name) for name in EvalConfig.model_fields if getattr(args, name, None) is not None
+    }
+    if "weights" in options:
+        weights = {}
+        for item in options["weights"]:
+            metric, _, weight = item.partition("=")
+            try:
+                weights[metric.strip()] = float(weight)
+            except ValueError:  # also the empty string of an item without `=`
+                raise SpecError(f"--weight {item!r}: expected METRIC=NUMBER, e.g. diseases.f1=0.5") from None
+        options["weights"] = weights
+    try:
+        return EvalConfig(**options)
+    except ValidationError as err:
+        first = err.errors()[0]
+        flag = "weight" if first["loc"][0] == "weights" else str(first["loc"][0]).replace("_", "-")
+        message = first["msg"].removeprefix("Value error, ")
+        raise SpecError(f"--{flag}: {message}") from None
+
+
+def main_eval(args: argparse.Namespace) -> int:
+    """Run the evaluation the parsed args describe; returns the exit status (2 on bad input)."""
+    try:
+        config = config_from_args(args)
+        predictions = load_answers(args.pred)
+        gold = load_answers(args.gold) if args.gold else None
+        report = evaluate(predictions, gold, config, labels=(args.pred, args.gold or "gold"))
+    except SpecError as err:
+        print(f"eval: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, ensure_ascii=False) if args.json else format_table(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evals.cli")
+    add_eval_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
