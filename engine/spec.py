@@ -213,7 +213,9 @@ class _Errors:
     def from_validation(
         self, exc: ValidationError, prefix: tuple = (), fields: tuple[str, ...] = ()
     ) -> SpecError:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        # a misspelt key also shows up as a missing one: name the misspelling
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc = prefix + tuple(first["loc"])
         if first["type"] == "extra_forbidden":
             key = str(loc[-1])

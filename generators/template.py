@@ -68,7 +68,7 @@ class TemplateGenerator(Generator):
         try:
             value = orjson.loads(completion.text)
         except orjson.JSONDecodeError as exc:
-            raise BadOutput(f"answer is not valid JSON ({exc})", raw=completion.text) from None
+            raise BadOutput(f"answer is not valid JSON: {exc}", raw=completion.text) from None
         if not isinstance(value, dict):
             raise BadOutput("answer is JSON but not an object", raw=completion.text)
         return {self.config.output: value}

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.engine_helpers import ROOT, engine, outcomes, read_lines, write_spec
 
@@ -144,3 +145,72 @@ def test_budget_stops_the_run_cleanly(tmp_path: Path, fake_server) -> None:
     assert counts["kept"] < 50 and counts["kept"] + counts["pending"] == 50
     engine("run", spec, "--quiet", check=False)  # resuming keeps what was done
     assert len(outcomes(tmp_path / "out", "answer", "kept")) >= counts["kept"]
+
+
+def test_sigterm_drains_in_flight_and_exits_0(tmp_path: Path, fake_server) -> None:
+    fake_server.set(latency_s=0.3)
+    spec = write_spec(tmp_path, fake_server.url, cases=100, concurrency=4)
+    journal = tmp_path / "out" / "answer" / "raw" / "shard-00000.jsonl"
+    env = {**os.environ, "TEST_ENGINE_KEY": "k"}
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(spec), "--quiet"], cwd=ROOT, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(read_lines_safe(journal)) < 4:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    chat = [b for b in fake_server.bodies if "question" in str(b)]
+    entries = read_lines(journal)
+    assert len(entries) == len(chat) < 100  # every request sent was answered and journaled: none lost
+    manifest = orjson.loads((tmp_path / "out" / "manifest.json").read_bytes())
+    assert manifest["status"] == "stopped by SIGTERM"
+    assert manifest["stages"]["answer"]["counts"]["pending"] == 100 - len(entries)
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ({"api_key": "the-right-key"}, "401"),
+        ({"models": ["another-model"]}, "404"),
+    ],
+)
+def test_preflight_stops_a_bad_provider_in_seconds(tmp_path: Path, fake_server, setup, expected) -> None:
+    fake_server.set(**setup)
+    spec = write_spec(tmp_path, fake_server.url, cases=30)
+    started = time.monotonic()
+    proc = engine("run", spec, "--quiet", check=False)
+    assert proc.returncode == 1 and "preflight" in proc.stderr and expected in proc.stderr
+    assert time.monotonic() - started < 15
+    assert fake_server.requests == 1  # the preflight only: no record was tried
+    assert "sk-test-secret-123" not in proc.stderr
+
+
+def test_preflight_unreachable_endpoint(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, "http://127.0.0.1:9/v1", cases=5)
+    started = time.monotonic()
+    proc = engine("run", spec, "--quiet", check=False)
+    assert proc.returncode == 1 and "preflight" in proc.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_unparseable_answers_are_resampled_then_rejected_with_raw_text(tmp_path: Path, fake_server) -> None:
+    stages = """
+[[stages]]
+name = "answer"
+generator = "template"
+provider = "teacher"
+input = "cases.jsonl"
+prompt = "Reply in JSON: {question}"
+parse = "json"
+max_bad_output = 2
+"""
+    spec = write_spec(tmp_path, fake_server.url, cases=3, stages=stages)
+    fake_server.script("question number 0", '{"ok": true}')
+    fake_server.script("question number 1", ["not json", '{"ok": 1}'])
+    fake_server.script("question number 2", "never json")
+    engine("run", spec, "--quiet")
+    kept = outcomes(tmp_path / "out", "answer", "kept")
+    rejected = outcomes(tmp_path / "out", "answer", "rejected")
+    assert [r["id"] for r in kept] == ["c0000", "c0001"] and kept[1]["meta"]["attempts"] == 2
+    assert len(rejected) == 1 and rejected[0]["filter"] == "parse" and rejected[0]["raw_text"] == "never json"
+    status = orjson.loads(engine("status", spec, "--json").stdout)
+    assert status["stages"]["answer"]["reasons"] == {"parse: answer is not valid JSON": 1}

@@ -1,0 +1,153 @@
+"""LLMClient: the `llm` callable generators use. One provider behind its limiter, retry policy and
+circuit breaker, with running stats (requests, 429s, retries, tokens, cost, current window)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from tenacity import RetryCallState
+
+from engine.errors import Fatal, ProviderError, RateLimited, RunStopped, Transient
+from engine.limiter import Limiter
+from engine.providers.base import Provider
+from engine.retry import (
+    BACKOFF_BASE_S,
+    BACKOFF_MAX_S,
+    BREAKER_PAUSE_S,
+    BREAKER_THRESHOLD,
+    CircuitBreaker,
+    retry_policy,
+)
+from engine.types import ChatRequest, Completion
+
+EventHook = Callable[[str, dict[str, Any]], None]
+PREFLIGHT_ATTEMPTS = 3  # a 5xx at start may be a blip; an unreachable port or a bad key is not
+PREFLIGHT_RETRY_S = 1.0
+
+
+class LLMClient:
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        breaker_threshold: int = BREAKER_THRESHOLD,
+        breaker_pause_s: float = BREAKER_PAUSE_S,
+        backoff_base_s: float = BACKOFF_BASE_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+        limiter: Limiter | None = None,
+        on_event: EventHook | None = None,
+    ):
+        self.provider = provider
+        self.where = f"providers.{provider.name}"
+        self.limiter = limiter or Limiter.from_config(provider.config)
+        self.breaker = CircuitBreaker(breaker_threshold, breaker_pause_s, where=self.where)
+        self._backoff = (backoff_base_s, backoff_max_s)
+        self._on_event = on_event
+        self._stopped: Fatal | None = None  # a stop_run error: later calls fail at once, without a request
+        self.stats: dict[str, Any] = dict.fromkeys(
+            ("requests", "ok", "rate_limited", "retries", "errors", "prompt_tokens", "completion_tokens"), 0
+        )
+        self.stats.update(cost=0.0, window=self.limiter.window.size)
+
+    async def __call__(self, request: ChatRequest) -> Completion:
+        """One completion: provider defaults under the request's own params, then limiter + retries.
+
+        Raises Fatal (not retried; `stop_run` when every record would fail the same way),
+        ProviderError once retries are exhausted, RunStopped when the circuit breaker trips."""
+        config = self.provider.config
+        merged = ChatRequest(
+            messages=request.messages,
+            params={**config.params, **request.params},
+            extra_body={**config.extra_body, **request.extra_body},
+        )
+        estimate = self.provider.estimate_tokens(merged)
+        base_s, max_s = self._backoff
+        try:
+            async for attempt in retry_policy(
+                config.max_retries, base_s=base_s, max_s=max_s, before_sleep=self._before_sleep
+            ):
+                with attempt:
+                    return await self._attempt(merged, estimate)
+        except ProviderError:
+            self.stats["errors"] += 1
+            raise
+        raise AssertionError("unreachable: the retry policy re-raises the last error")
+
+    async def _attempt(self, request: ChatRequest, estimate: int) -> Completion:
+        if self._stopped is not None:
+            raise Fatal(str(self._stopped), status=self._stopped.status, stop_run=True)
+        await self.breaker.wait()
+        async with self.limiter.slot(estimate):
+            self.stats["requests"] += 1
+            try:
+                completion = await self.provider.complete(request)
+            except RateLimited as exc:
+                self.stats["rate_limited"] += 1
+                self.limiter.on_rate_limited(estimate, exc.retry_after)
+                raise
+            except (Transient, Fatal) as exc:
+                self.limiter.on_error(estimate, tokens_used=isinstance(exc, Transient))
+                if isinstance(exc, Fatal) and exc.stop_run:
+                    self._stopped = exc
+                    self._emit("stop_run", error=str(exc))
+                    raise
+                self._count_failure(exc)
+                raise
+            finally:
+                self.stats["window"] = self.limiter.window.size
+        self.limiter.on_success(estimate, completion)
+        self.breaker.success()
+        self._count_success(completion)
+        return completion
+
+    def _count_failure(self, exc: ProviderError) -> None:
+        change = self.breaker.failure(exc)
+        if change == "pause":
+            self._emit("breaker_pause", pause_s=self.breaker.pause_s, error=self.breaker.last_error)
+        elif change == "stop":
+            self._emit("breaker_stop", error=self.breaker.last_error)
+        if self.breaker.stopped:
+            raise RunStopped(self.breaker.stopped) from None
+
+    def _count_success(self, completion: Completion) -> None:
+        usage, config = completion.usage, self.provider.config
+        self.stats["ok"] += 1
+        self.stats["prompt_tokens"] += usage.prompt_tokens
+        self.stats["completion_tokens"] += usage.completion_tokens
+        self.stats["cost"] += (
+            usage.prompt_tokens * config.price_in + usage.completion_tokens * config.price_out
+        ) / 1e6
+        self.stats["window"] = self.limiter.window.size
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        self.stats["retries"] += 1
+        exc = state.outcome.exception() if state.outcome else None
+        wait_s = state.next_action.sleep if state.next_action else 0.0
+        self._emit("retry", attempt=state.attempt_number, error=f"{type(exc).__name__}: {exc}", wait_s=wait_s)
+
+    def _emit(self, event: str, **data: Any) -> None:
+        if self._on_event is not None:
+            self._on_event(event, {"provider": self.provider.name, **data})
+
+    async def preflight(self) -> None:
+        """One cheap request before fan-out; raises Fatal(stop_run=True) with a one-line reason."""
+        for attempt in range(1, PREFLIGHT_ATTEMPTS + 1):
+            try:
+                await self.provider.preflight()
+                return
+            except RateLimited:
+                return  # the endpoint answered: key and model are fine, the limiter deals with 429s
+            except Transient as exc:
+                if attempt == PREFLIGHT_ATTEMPTS:
+                    message = f"preflight failed {attempt} times: {exc}"
+                    raise Fatal(message, status=exc.status, stop_run=True) from None
+                await asyncio.sleep(PREFLIGHT_RETRY_S)
+            except Fatal as exc:
+                if exc.stop_run:
+                    raise
+                raise Fatal(str(exc), status=exc.status, stop_run=True) from None
+
+    async def aclose(self) -> None:
+        await self.provider.aclose()

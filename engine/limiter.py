@@ -1,0 +1,216 @@
+"""Client-side rate limiting for one provider: RPM and TPM token buckets plus an adaptive concurrency window.
+
+Buckets refill continuously with a small burst cap (providers such as DashScope enforce per-second
+limits). The window follows AIMD: it halves on a 429, shrinks when latency climbs with no 429 (a
+saturated vLLM queues instead of refusing), and grows back by about one slot per window of successes.
+Server hints (`retry-after`, `x-ratelimit-remaining-*`) pause or drain the buckets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+
+from engine.providers.base import ProviderConfig
+from engine.types import Completion
+
+BURST_S = 1.0  # bucket capacity in seconds of refill: DashScope-style per-second limits allow no more
+DEFAULT_PAUSE_S = 1.0  # pause after a 429 that carries no Retry-After
+LATENCY_FACTOR = 3.0  # smoothed latency this many times the baseline counts as overload...
+LATENCY_MIN_RISE_S = 0.1  # ...if it also rose this much: millisecond jitter on a fast server is not load
+MIN_LATENCY_SAMPLES = 8
+
+
+class TokenBucket:
+    """`rate` units per second, at most `capacity` saved up. A take larger than the capacity waits for
+    a full bucket and leaves it in debt, so big requests still go through at the right average rate."""
+
+    def __init__(self, per_minute: float, burst_s: float = BURST_S):
+        self.rate = per_minute / 60.0
+        self.capacity = max(self.rate * burst_s, 1.0)
+        self.level = self.capacity
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()  # FIFO: waiters are served in arrival order
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    async def take(self, amount: float) -> None:
+        async with self._lock:
+            need = min(amount, self.capacity)
+            self._refill()
+            while self.level < need:
+                await asyncio.sleep((need - self.level) / self.rate)
+                self._refill()
+            self.level -= amount
+
+    def give_back(self, amount: float) -> None:
+        """Reconcile an estimate: positive refunds unused units, negative charges extra (may go into debt)."""
+        self._refill()
+        self.level = min(self.capacity, self.level + amount)
+
+    def clamp(self, remaining: float) -> None:
+        """The server says only `remaining` units are left: never believe we have more."""
+        self._refill()
+        self.level = min(self.level, remaining)
+
+    def drain(self) -> None:
+        self._refill()
+        self.level = min(self.level, 0.0)
+
+
+class Window:
+    """A concurrency limit whose size can change while requests wait."""
+
+    def __init__(self, limit: int):
+        self.limit = max(1, limit)
+        self.size = float(self.limit)
+        self.in_flight = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.in_flight < max(1, int(self.size)))
+            self.in_flight += 1
+
+    async def release(self) -> None:
+        async with self._cond:
+            self.in_flight -= 1
+            self._cond.notify_all()
+
+    def resize(self, size: float) -> None:
+        self.size = min(float(self.limit), max(1.0, size))
+
+
+class Limiter:
+    def __init__(
+        self,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        max_concurrency: int = 8,
+        *,
+        burst_s: float = BURST_S,
+        default_pause_s: float = DEFAULT_PAUSE_S,
+        latency_factor: float = LATENCY_FACTOR,
+    ):
+        self.requests = TokenBucket(rpm, burst_s) if rpm else None
+        self.tokens = TokenBucket(tpm, burst_s) if tpm else None
+        self.window = Window(max_concurrency)
+        self.default_pause_s = default_pause_s
+        self.latency_factor = latency_factor
+        self.paused_until = 0.0
+        self.shrinks = 0
+        self._last_shrink = 0.0
+        self._latency: float | None = None  # smoothed (EWMA) latency of successful requests
+        self._baseline: float | None = None  # the lowest smoothed latency seen, creeping up slowly
+        self._samples = 0
+
+    @classmethod
+    def from_config(cls, config: ProviderConfig, **kwargs: float) -> Limiter:
+        return cls(config.rpm, config.tpm, config.max_concurrency, **kwargs)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, estimated_tokens: int) -> AsyncIterator[None]:
+        """Wait for a window slot, the pause to end, one request and `estimated_tokens` tokens."""
+        await self.window.acquire()
+        try:
+            while (wait := self.paused_until - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            if self.requests:
+                await self.requests.take(1)
+            if self.tokens:
+                await self.tokens.take(estimated_tokens)
+            yield
+        finally:
+            await self.window.release()
+
+    # ---- feedback after each request -------------------------------------------------------------
+    def on_success(self, estimated_tokens: int, completion: Completion) -> None:
+        used = completion.usage.total_tokens
+        if self.tokens and used:
+            self.tokens.give_back(estimated_tokens - used)
+        self.read_headers(completion.headers)
+        if self._overloaded(completion.latency_s):
+            self._shrink(0.75)
+        elif time.monotonic() - self._last_shrink > self._cooldown():
+            self.window.resize(self.window.size + 1.0 / self.window.size)
+
+    def on_rate_limited(self, estimated_tokens: int, retry_after: float | None) -> None:
+        if self.tokens:
+            self.tokens.give_back(estimated_tokens)  # a refused request used no tokens
+        for bucket in (self.requests, self.tokens):
+            if bucket:
+                bucket.drain()
+        self.pause(retry_after if retry_after is not None else self.default_pause_s)
+        self._shrink(0.5)
+
+    def on_error(self, estimated_tokens: int, *, tokens_used: bool) -> None:
+        if self.tokens and not tokens_used:
+            self.tokens.give_back(estimated_tokens)
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+    def read_headers(self, headers: Mapping[str, str]) -> None:
+        """Believe the server's `x-ratelimit-remaining-*`; pause until `x-ratelimit-reset-*` at zero."""
+        for kind, bucket in (("requests", self.requests), ("tokens", self.tokens)):
+            remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+            if remaining is None:
+                continue
+            if bucket:
+                bucket.clamp(remaining)
+            if remaining <= 0:
+                reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}", ""))
+                self.pause(reset if reset is not None else self.default_pause_s)
+
+    # ---- adaptation ------------------------------------------------------------------------------
+    def _overloaded(self, latency: float) -> bool:
+        if latency <= 0:
+            return False
+        self._samples += 1
+        self._latency = latency if self._latency is None else 0.8 * self._latency + 0.2 * latency
+        # A baseline that creeps up 0.1% per sample forgives a lasting shift (longer answers).
+        creep = self._baseline * 1.001 if self._baseline is not None else self._latency
+        self._baseline = min(creep, self._latency)
+        if self._samples < MIN_LATENCY_SAMPLES:
+            return False
+        rise = self._latency - self._baseline
+        return self._latency > self.latency_factor * self._baseline and rise > LATENCY_MIN_RISE_S
+
+    def _cooldown(self) -> float:
+        # 429s from requests already in flight say nothing new: shrink at most once per round trip.
+        return max(0.5, self._latency or 0.0)
+
+    def _shrink(self, factor: float) -> None:
+        now = time.monotonic()
+        if now - self._last_shrink < self._cooldown():
+            return
+        self._last_shrink = now
+        self.shrinks += 1
+        self.window.resize(self.window.size * factor)
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """`x-ratelimit-reset-*` values: "20ms", "1s", "6m0s", or plain seconds."""
+    if not text:
+        return None
+    if (plain := _number(text)) is not None:
+        return plain
+    parts = _DURATION.findall(text)
+    return sum(float(n) * _UNIT_S[u] for n, u in parts) if parts else None

@@ -1,0 +1,268 @@
+"""The embedded `local` provider: a transformers causal LM run in-process (default: the bundled
+SmolLM2-135M-Instruct GGUF, converted once and cached), with the openai provider's request and
+response shape, JSON-schema constrained decoding and teacher-forced top-k scoring.
+
+All model work happens on one worker thread, so the event loop never blocks: concurrent complete()
+calls queue up and the worker runs up to `batch_size` of them in one generate().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from engine.errors import Fatal
+from engine.providers.base import Provider, ProviderConfig
+from engine.providers.grammar import grammar_key
+from engine.providers.local_params import gen_params
+from engine.types import ChatRequest, Completion, TokenTopK, Usage
+
+
+class LocalConfig(ProviderConfig):
+    kind: Literal["local"] = "local"
+    model: str = Field(
+        "", description='"" = bundled SmolLM2-135M-Instruct; else an HF folder or a .gguf file'
+    )
+    adapter: str = Field("", description="a LoRA (peft) adapter folder merged on top of the model")
+    batch_size: int = Field(8, ge=1, description="most requests run in one generate() call")
+    batch_wait_s: float = Field(0.01, ge=0, description="how long the worker waits to fill a batch")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
+    max_new_tokens: int = Field(256, ge=1, description="max_tokens when neither request nor params set it")
+    threads: int | None = Field(None, ge=1, description="torch.set_num_threads; None = torch's default")
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+
+
+@dataclass
+class _Job:
+    kind: Literal["load", "generate", "score"]
+    payload: dict[str, Any] = field(default_factory=dict)
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+class LocalProvider(Provider):
+    kind = "local"
+    Config = LocalConfig
+
+    def __init__(self, name: str, config: LocalConfig, *, cache_dir: Any = None):
+        super().__init__(name, config, cache_dir=cache_dir)
+        self.config: LocalConfig = config
+        self._lm: Any = None  # LoadedModel, set by the worker thread
+        self._grammars: Any = None
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share across threads
+        self.batch_sizes: collections.Counter[int] = collections.Counter()  # generate() calls by batch size
+
+    # --- public API -------------------------------------------------------------------------------
+
+    async def preflight(self) -> None:
+        """Load (converting the GGUF on first use); raises Fatal(stop_run=True) with a one-line reason."""
+        await self._submit(_Job("load"))
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        start = time.perf_counter()
+        params = {**self.config.params, **request.params}
+        extra = {**self.config.extra_body, **request.extra_body}
+        payload = {
+            "messages": request.messages,
+            "params": gen_params(params, extra, self.config.max_new_tokens),
+            "grammar": grammar_key(params, extra),
+        }
+        prompt_len, row = await self._submit(_Job("generate", payload))
+        return Completion(
+            text=row.text,
+            finish_reason=row.finish_reason,
+            usage=Usage(prompt_tokens=prompt_len, completion_tokens=len(row.token_ids)),
+            model=self._lm.name,
+            latency_s=time.perf_counter() - start,
+            logprobs=row.logprobs,
+        )
+
+    async def score(
+        self,
+        prompt: list[int] | list[dict[str, str]],
+        completion: str | list[int],
+        top_k: int = 5,
+        *,
+        add_eos: bool | None = None,
+    ) -> list[TokenTopK]:
+        """Teacher-forced top-k log-probs (raw logits) at every completion position, one forward pass.
+
+        `prompt`: chat messages (rendered with the generation prompt) or token ids as-is.
+        `completion`: text (tokenised without special tokens; the end-of-sequence token is appended
+        unless add_eos=False, so the stop decision is scored too) or token ids as-is (add_eos=True appends).
+        Row j is the distribution over completion token j.
+        """
+        if top_k < 0:
+            raise Fatal(f"local provider: score top_k must be >= 0, got {top_k}")
+        payload = {"prompt": prompt, "completion": completion, "top_k": top_k, "add_eos": add_eos}
+        return await self._submit(_Job("score", payload))
+
+    def estimate_tokens(self, request: ChatRequest) -> int:
+        """Real prompt tokens once the model is loaded (after preflight); the base estimate before."""
+        if self._lm is None:
+            return super().estimate_tokens(request)
+        params = {**self.config.params, **request.params}
+        max_tokens = (
+            params.get("max_tokens") or params.get("max_completion_tokens") or self.config.max_new_tokens
+        )
+        return len(self._render(request.messages)) + int(max_tokens)
+
+    @property
+    def loaded(self) -> Any:
+        """The LoadedModel (model, tokenizer, eos ids) once preflight or a request loaded it, else None.
+        For tools and tests: touch the model only while no request is in flight."""
+        return self._lm
+
+    async def aclose(self) -> None:
+        if self._worker is not None and self._worker.is_alive():
+            self._jobs.put(None)
+            await asyncio.to_thread(self._worker.join)
+        self._worker = None
+
+    # --- the worker thread --------------------------------------------------------------------------
+
+    async def _submit(self, job: _Job) -> Any:
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(
+                target=self._work, name=f"local-provider-{self.name}", daemon=True
+            )
+            self._worker.start()
+        self._jobs.put(job)
+        return await asyncio.wrap_future(job.future)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            batch = self._collect(job)
+            try:
+                self._ensure_loaded()
+            except Exception as exc:  # every waiting caller learns why
+                if not isinstance(exc, Fatal):
+                    exc = Fatal(f"local provider: cannot load the model: {exc}", stop_run=True)
+                for j in batch:
+                    if j.future.set_running_or_notify_cancel():
+                        j.future.set_exception(exc)
+                continue
+            live = [j for j in batch if j.future.set_running_or_notify_cancel()]
+            for j in [j for j in live if j.kind != "generate"]:
+                self._settle(j, lambda j=j: self._run_single(j))
+            self._run_generate([j for j in live if j.kind == "generate"])
+
+    def _collect(self, first: _Job) -> list[_Job]:
+        """`first` plus whatever else arrives within batch_wait_s, up to batch_size generate jobs."""
+        batch = [first]
+        deadline = time.monotonic() + self.config.batch_wait_s
+        while sum(j.kind == "generate" for j in batch) < self.config.batch_size:
+            try:
+                nxt = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if nxt is None:  # shut down after this batch
+                self._jobs.put(None)
+                break
+            batch.append(nxt)
+        return batch
+
+    def _ensure_loaded(self) -> None:
+        if self._lm is not None:
+            return
+        import torch
+
+        from engine.providers.grammar import GrammarCompiler
+        from engine.providers.local_model import load_model
+
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        cache = Path(self.cache_dir) if self.cache_dir is not None else None
+        lm = load_model(
+            self.config.model,
+            self.config.adapter,
+            cache_dir=cache,
+            dtype=self.config.dtype,
+            device=self.config.device,
+        )
+        lm.tokenizer.padding_side = "left"
+        self._grammars = GrammarCompiler(lm.tokenizer, lm.vocab_size, lm.eos_ids, torch.get_num_threads())
+        self._lm = lm
+
+    def _run_single(self, job: _Job) -> Any:
+        if job.kind == "load":
+            return None
+        from engine.providers.local_decode import score_tokens
+
+        p = job.payload
+        prompt = (
+            self._render(p["prompt"])
+            if p["prompt"] and isinstance(p["prompt"][0], dict)
+            else list(p["prompt"])
+        )
+        completion = p["completion"]
+        add_eos = p["add_eos"] if p["add_eos"] is not None else isinstance(completion, str)
+        if isinstance(completion, str):
+            with self._tokenizer_lock:
+                completion = self._lm.tokenizer(completion, add_special_tokens=False)["input_ids"]
+        completion = list(completion) + ([self._lm.eos_ids[0]] if add_eos else [])
+        if not prompt:
+            raise Fatal("local provider: score needs a non-empty prompt")
+        self._check_context(len(prompt), len(completion))
+        return score_tokens(self._lm, prompt, completion, p["top_k"])
+
+    def _run_generate(self, jobs: list[_Job]) -> None:
+        from engine.providers.local_decode import generate_batch
+
+        ready, prompts, params = [], [], []
+        for job in jobs:  # a bad request fails alone, not its batch
+            try:
+                prompt = self._render(job.payload["messages"])
+                gp = job.payload["params"]
+                self._check_context(len(prompt), gp.max_tokens)
+                if job.payload["grammar"] is not None:
+                    gp.grammar = self._grammars.compile(job.payload["grammar"])
+            except BaseException as exc:
+                job.future.set_exception(exc)
+                continue
+            ready.append(job), prompts.append(prompt), params.append(gp)
+        if not ready:
+            return
+        self.batch_sizes[len(ready)] += 1
+        try:
+            results = generate_batch(self._lm, prompts, params)
+        except BaseException as exc:
+            for job in ready:
+                job.future.set_exception(Fatal(f"local provider: generation failed: {exc}"))
+            return
+        for job, prompt, row in zip(ready, prompts, results, strict=True):
+            job.future.set_result((len(prompt), row))
+
+    @staticmethod
+    def _settle(job: _Job, fn: Any) -> None:
+        try:
+            job.future.set_result(fn())
+        except BaseException as exc:
+            job.future.set_exception(exc)
+
+    def _render(self, messages: list[dict[str, str]]) -> list[int]:
+        with self._tokenizer_lock:
+            ids = self._lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def _check_context(self, prompt_len: int, new_tokens: int) -> None:
+        limit = self._lm.max_context
+        if limit and prompt_len + new_tokens > limit:
+            raise Fatal(
+                f"local provider: prompt ({prompt_len} tokens) + max_tokens ({new_tokens}) exceeds the "
+                f"model's context of {limit} tokens; shorten the prompt or lower max_tokens",
+                status=400,
+            )

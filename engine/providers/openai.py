@@ -1,0 +1,237 @@
+"""The `openai` provider kind: any OpenAI-compatible chat endpoint (OpenAI, vLLM, DashScope, llama.cpp).
+
+One request per call through `openai.AsyncOpenAI` with the SDK's own retries off; failures are
+translated into engine.errors classes (the client decides what to retry). API keys never appear in
+error text.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx2
+import openai
+from pydantic import Field
+
+from engine.errors import Fatal, ProviderError, RateLimited, SpecError, Transient
+from engine.providers.base import Provider, ProviderConfig
+from engine.types import ChatRequest, Completion, TokenTopK, Usage
+
+PREFLIGHT_TIMEOUT_S = 20.0  # a 1-token answer; longer means the endpoint is not usable right now
+KEPT_HEADERS = ("x-ratelimit-", "retry-after", "x-request-id")  # response headers copied to Completion
+NO_KEY = "EMPTY"  # what vLLM and llama.cpp servers expect when they run without a key
+
+
+class OpenAIConfig(ProviderConfig):
+    kind: Literal["openai"] = "openai"
+    model: str = Field(min_length=1)
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str | None = None  # NAME of the environment variable holding the key; unset: no key
+    tokenizer: str | None = None  # local tokenizer.json (or its folder) for token estimates
+
+
+class OpenAIProvider(Provider):
+    kind = "openai"
+    Config = OpenAIConfig
+    config: OpenAIConfig
+
+    def __init__(self, name: str, config: OpenAIConfig, *, cache_dir: Any = None):
+        super().__init__(name, config, cache_dir=cache_dir)
+        self._where = f"providers.{name}"
+        self._key = self._read_key()
+        self._tokenizer = self._load_tokenizer()
+        self._client = openai.AsyncOpenAI(
+            base_url=config.base_url,
+            api_key=self._key,
+            max_retries=0,  # engine/retry.py retries, by error class
+            timeout=httpx2.Timeout(config.timeout_s, connect=min(config.timeout_s, 10.0)),
+        )
+
+    def _read_key(self) -> str:
+        env = self.config.api_key_env
+        if env is None:
+            return NO_KEY
+        key = os.environ.get(env)
+        if not key:
+            raise SpecError(
+                f"{self._where}.api_key_env: environment variable {env} is not set; "
+                f"export {env}=<key>, or remove api_key_env for a server without a key"
+            )
+        return key
+
+    def _load_tokenizer(self) -> Any:
+        if self.config.tokenizer is None:
+            return None
+        path = Path(self.config.tokenizer)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise SpecError(f"{self._where}.tokenizer: no tokenizer.json at {path}")
+        from tokenizers import Tokenizer  # light (no torch); only needed when configured
+
+        return Tokenizer.from_file(str(path))
+
+    def estimate_tokens(self, request: ChatRequest) -> int:
+        if self._tokenizer is None:
+            return super().estimate_tokens(request)
+        texts = [m.get("content") or "" for m in request.messages]
+        prompt = sum(len(e.ids) for e in self._tokenizer.encode_batch(texts, add_special_tokens=False))
+        max_tokens = request.params.get("max_tokens") or self.config.params.get("max_tokens") or 256
+        return prompt + 4 * len(request.messages) + int(max_tokens)
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        params = dict(request.params)
+        if params.get("top_logprobs"):
+            params["logprobs"] = True  # the API rejects top_logprobs without it
+        return await self._create(request.messages, params, request.extra_body, self.config.timeout_s)
+
+    async def preflight(self) -> None:
+        ping = [{"role": "user", "content": "ping"}]
+        timeout = min(self.config.timeout_s, PREFLIGHT_TIMEOUT_S)
+        try:
+            await self._create(ping, {"max_tokens": 1}, {}, timeout)
+        except RateLimited:
+            return  # reachable, key and model accepted; the limiter handles the rate
+        except Fatal as exc:
+            raise Fatal(f"preflight failed: {exc}", status=exc.status, stop_run=True) from None
+        except _Unreachable as exc:
+            raise Fatal(f"preflight failed: {exc}", stop_run=True) from None
+
+    async def _create(self, messages: list, params: dict, extra_body: dict, timeout: float) -> Completion:
+        start = time.monotonic()
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=self.config.model,
+                messages=messages,
+                extra_body=extra_body or None,
+                timeout=timeout,
+                **params,
+            )
+            headers = {k: v for k, v in raw.headers.items() if k.lower().startswith(KEPT_HEADERS)}
+            return self._to_completion(raw.parse(), headers, time.monotonic() - start)
+        except openai.APIError as exc:
+            raise self._translate(exc, timeout) from None
+        except (ValueError, AttributeError, IndexError, TypeError) as exc:  # JSON errors are ValueErrors
+            raise Transient(f"{self._where}: malformed response body ({type(exc).__name__})") from None
+
+    def _to_completion(self, resp: Any, headers: dict[str, str], latency: float) -> Completion:
+        choice = resp.choices[0]
+        usage = (
+            Usage(resp.usage.prompt_tokens or 0, resp.usage.completion_tokens or 0) if resp.usage else Usage()
+        )
+        logprobs = getattr(choice, "logprobs", None)
+        content = getattr(logprobs, "content", None) if logprobs is not None else None
+        return Completion(
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason,
+            usage=usage,
+            model=resp.model or self.config.model,
+            latency_s=latency,
+            logprobs=to_token_topk(content) if content is not None else None,
+            headers=headers,
+        )
+
+    def _translate(self, exc: openai.APIError, timeout: float) -> ProviderError:
+        where, url = self._where, self.config.base_url
+        if isinstance(exc, openai.APITimeoutError):
+            return _Unreachable(f"{where}: no answer from {url} within {timeout:g} s (timeout_s)")
+        if isinstance(exc, openai.APIConnectionError):
+            return _Unreachable(f"{where}: cannot reach {url}: {self._redact(str(exc.__cause__ or exc))}")
+        if not isinstance(exc, openai.APIStatusError):  # a 200 whose body does not fit the schema
+            return Transient(f"{where}: malformed response body from {url}")
+        status, code = exc.status_code, str(exc.code or "")
+        detail = self._redact(_server_message(exc))
+        text = f"{where}: HTTP {status} from {url}: {detail}"
+        if status == 429:
+            if code == "insufficient_quota":
+                return Fatal(f"{text}; add credit or use another key", status=status, stop_run=True)
+            return RateLimited(text, retry_after=_retry_after(exc.response.headers))
+        if status in (401, 403):
+            hint = (
+                f"check the key in ${self.config.api_key_env}"
+                if self.config.api_key_env
+                else "set api_key_env"
+            )
+            return Fatal(f"{text}; {hint}", status=status, stop_run=True)
+        if status == 404:
+            hint = f"check model = {self.config.model!r} and base_url (GET {url}/models lists the models)"
+            return Fatal(f"{text}; {hint}", status=status, stop_run=True)
+        if status in (408, 409) or status >= 500:
+            return Transient(text, status=status)
+        if code == "context_length_exceeded" or "context length" in detail.lower():
+            return Fatal(f"{text}; shorten the prompt or lower max_tokens", status=status)
+        return Fatal(text, status=status)
+
+    def _redact(self, text: str) -> str:
+        key = self._key
+        if key and key != NO_KEY:
+            text = text.replace(key, "***")
+            if len(key) >= 12:  # servers echo masked keys ("sk-abc1...wxyz"): hide the visible ends too
+                text = text.replace(key[:8], "***").replace(key[-4:], "***")
+        return text
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+class _Unreachable(Transient):
+    """Connection refused or timed out: retried during a run, fatal at preflight."""
+
+
+def to_token_topk(content: list[Any]) -> list[TokenTopK]:
+    """OpenAI-style `logprobs.content` (SDK objects or dicts) -> TokenTopK, alternatives best first."""
+    out = []
+    for entry in content:
+        top = _get(entry, "top_logprobs") or []
+        if isinstance(top, dict):  # legacy completions format: {token: logprob}
+            pairs = [(_token(t), float(lp)) for t, lp in top.items()]
+        else:
+            pairs = [(_token(_get(t, "token")), float(_get(t, "logprob"))) for t in top]
+        pairs.sort(key=lambda p: p[1], reverse=True)  # rank by value: servers do not promise an order
+        out.append(TokenTopK(_token(_get(entry, "token")), float(_get(entry, "logprob")), pairs))
+    return out
+
+
+def _get(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def _token(token: Any) -> int | str:
+    # vLLM's return_tokens_as_token_ids answers "token_id:123": ids survive byte-fragment tokens
+    if isinstance(token, str) and token.startswith("token_id:") and token[9:].isdigit():
+        return int(token[9:])
+    return token
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        body = body.get("error", body) if isinstance(body.get("error"), dict) else body
+        message = body.get("message") or body.get("detail") or ""
+    else:
+        message = str(body or exc.message)
+    return " ".join(str(message).split())[:300]
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Retry-After in seconds: `retry-after-ms`, `retry-after` as seconds or as an HTTP date."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(float(ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None
