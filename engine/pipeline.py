@@ -15,6 +15,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ from engine.spec import LoadedSpec, StageSpec
 from engine.store import DerivedWriter, Journal, manifest_path, read_jsonl, read_outcome, write_json_atomic
 from engine.types import ChatRequest, Completion, Record, WorkItem
 from filters.base import Filter, build_filter
+from generators.base import Generator
 
 Mode = Literal["run", "replay", "status"]
 
@@ -129,52 +131,42 @@ class Pipeline:
         writer = DerivedWriter(stage_dir, self.shard[0]) if self.mode == "run" else None
         if self.mode == "replay":
             writer = DerivedWriter(stage_dir, 0, replace_all=True)
-        kept_all: list[Record] = []
+        feedback = type(gen).accept is not Generator.accept  # keep a round's records only if asked
         self.progress.start(stage.name, self._expected(stage))
-        done = 0
         try:
             inputs = self._checked(gen, self._inputs(stage))
             for round_no, items in enumerate(gen.rounds(inputs)):
-                order: deque[tuple[str, WorkItem]] = deque()
-                fresh: dict[str, dict[str, Any]] = {}
-                kept_round: list[Record] = []
-
-                def commit_ready() -> None:
-                    nonlocal done
-                    while order and (order[0][0] in fresh or order[0][0] in journal):
-                        key, _ = order.popleft()
-                        entry = fresh.pop(key, None) or journal.get(key)
-                        self._commit(entry, chain, writer, report, kept_round)
-                        done += 1
-                    self.progress.update(done, self._stats())
-
+                on_commit = partial(self._commit, chain=chain, writer=writer, report=report)
+                commit = _RoundCommit(journal, on_commit, keep_records=feedback)
                 async with _TaskPool(self._in_flight(stage)) as pool:
                     for item in items:
                         key = work_key(stage.name, item, round_no)
                         if not self._mine(stage, key):
                             continue
-                        order.append((key, item))
+                        commit.order.append(key)
                         redo = self.retry_failed and key in journal and journal.get(key)["status"] == "failed"
                         if key in journal and not redo:
-                            commit_ready()
+                            self._advance(commit)
                             continue
                         if self.mode != "run" or self.stopping.is_set():
                             continue
+                        if redo:
+                            commit.redoing.add(key)
                         client = await self._client(stage.provider)
-                        await pool.submit(self._item(stage, gen, item, key, round_no, client, fresh, journal))
-                        commit_ready()
-                    await pool.drain(on_done=commit_ready)
-                commit_ready()
-                report.counts["pending"] += len(order)
-                gen.accept(kept_round)
-                kept_all.extend(kept_round)
+                        task = self._item(stage, gen, item, key, round_no, client, commit.fresh, journal)
+                        await pool.submit(task)
+                        self._advance(commit)
+                    await pool.drain(on_done=partial(self._advance, commit))
+                self._advance(commit)
+                report.counts["pending"] += len(commit.order)
+                gen.accept(commit.kept)
                 if self.stopping.is_set():
                     break
             for f in chain:
                 report.filter_stats[f.name] = f.stats()
-            report.stats = gen.stats(kept_all)
             if writer:
                 writer.commit()
+            report.stats = gen.stats(read_outcome(stage_dir, "kept"))  # streamed: memory stays flat
         except BaseException:
             if writer:
                 writer.abort()
@@ -185,6 +177,9 @@ class Pipeline:
         report.seconds = time.monotonic() - started
         self._log_stage(report)
         return report
+
+    def _advance(self, commit: _RoundCommit) -> None:
+        self.progress.update(commit.advance(), self._stats())
 
     async def _item(
         self,
@@ -243,10 +238,11 @@ class Pipeline:
     def _commit(
         self,
         entry: dict[str, Any],
+        kept_round: list[Record],
+        *,
         chain: list[Filter],
         writer: DerivedWriter | None,
         report: StageReport,
-        kept_round: list[Record],
     ) -> None:
         status = entry["status"]
         if status == "ok":
@@ -259,8 +255,16 @@ class Pipeline:
                 report.counts["rejected"] += 1
                 report.reasons[f"{f.name}: {reason.split(':')[0]}"] += 1
                 if writer:
-                    writer.write("rejected", {"id": entry["id"], "key": entry["key"], "filter": f.name,
-                                              "reason": reason, "record": record})
+                    writer.write(
+                        "rejected",
+                        {
+                            "id": entry["id"],
+                            "key": entry["key"],
+                            "filter": f.name,
+                            "reason": reason,
+                            "record": record,
+                        },
+                    )
                 return
             report.counts["kept"] += 1
             kept_round.append(record)
@@ -433,6 +437,35 @@ def _meta(calls: list[Completion], client: Any, attempts: int) -> dict[str, Any]
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class _RoundCommit:
+    """Commits a round's outcomes in input order as soon as the head of the queue has one."""
+
+    def __init__(self, journal: Journal, commit: Any, *, keep_records: bool):
+        self.journal = journal
+        self.commit = commit  # (entry, kept list) -> None
+        self.order: deque[str] = deque()  # keys not yet committed, in input order
+        self.fresh: dict[str, dict[str, Any]] = {}  # outcomes of this invocation, until committed
+        self.redoing: set[str] = set()  # failed keys asked again: their old outcome no longer counts
+        self.kept: list[Record] = []
+        self.keep_records = keep_records
+        self.done = 0
+
+    def _has_outcome(self, key: str) -> bool:
+        return key in self.fresh or (key in self.journal and key not in self.redoing)
+
+    def advance(self) -> int:
+        while self.order and self._has_outcome(self.order[0]):
+            key = self.order.popleft()
+            self.redoing.discard(key)
+            entry = self.fresh.pop(key, None) or self.journal.get(key)
+            kept: list[Record] = []
+            self.commit(entry, kept)
+            if self.keep_records:
+                self.kept.extend(kept)
+            self.done += 1
+        return self.done
 
 
 class _TaskPool:

@@ -28,11 +28,15 @@ class RunConfig(BaseModel):
     name: str
     out: str = Field("out", description="output folder, relative to the spec file")
     description: str = ""
-    cache: str = Field("cache", description="cache folder (converted local models), relative to the spec file")
+    cache: str = Field(
+        "cache", description="cache folder (converted local models), relative to the spec file"
+    )
     seed: int = 0
     max_cost: float | None = Field(None, description="stop cleanly once the run's cost passes this")
     max_tokens: int | None = Field(None, description="stop cleanly once the run's tokens pass this")
-    max_in_flight: int | None = Field(None, description="items in flight per stage; default 2x the concurrency")
+    max_in_flight: int | None = Field(
+        None, description="items in flight per stage; default 2x the concurrency"
+    )
 
 
 class StageSpec(BaseModel):
@@ -43,7 +47,9 @@ class StageSpec(BaseModel):
     name: str
     generator: str
     provider: str | None = None
-    input: str | None = Field(None, description="a JSONL file (relative to the spec) or an earlier stage's name")
+    input: str | None = Field(
+        None, description="a JSONL file (relative to the spec) or an earlier stage's name"
+    )
     samples: int = Field(1, ge=1, description="answers per input record")
     params: dict[str, Any] = Field({}, description="sampling params for this stage over the provider's")
     max_bad_output: int = Field(3, ge=1, description="attempts per item when the answer cannot be parsed")
@@ -128,7 +134,9 @@ def _build(spec: Spec, path: Path, err: _Errors) -> tuple[dict[str, Any], dict[s
         try:
             configs[name] = cls.model_validate(table)
         except ValidationError as exc:
-            raise err.from_validation(exc, prefix=("providers", name), fields=tuple(cls.model_fields)) from None
+            raise err.from_validation(
+                exc, prefix=("providers", name), fields=tuple(cls.model_fields)
+            ) from None
     seen: list[str] = []
     generators = {}
     for i, stage in enumerate(spec.stages):

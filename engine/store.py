@@ -192,7 +192,9 @@ def atomic_output(path: Path) -> Iterator[IO[bytes]]:
 
 
 def manifest_path(out_dir: Path, shard: tuple[int, int] | None) -> Path:
-    return out_dir / ("manifest.json" if not shard or shard[1] == 1 else f"manifest.shard-{shard[0]:05d}.json")
+    return out_dir / (
+        "manifest.json" if not shard or shard[1] == 1 else f"manifest.shard-{shard[0]:05d}.json"
+    )
 
 
 def read_manifests(out_dir: Path) -> list[dict[str, Any]]:

@@ -15,12 +15,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def write_cases(path: Path, n: int, text: str = "question number {i}") -> list[str]:
     ids = [f"c{i:04d}" for i in range(n)]
-    path.write_bytes(b"".join(orjson.dumps({"id": rid, "question": text.format(i=i)}) + b"\n" for i, rid in enumerate(ids)))
+    path.write_bytes(
+        b"".join(orjson.dumps({"id": rid, "question": text.format(i=i)}) + b"\n" for i, rid in enumerate(ids))
+    )
     return ids
 
 
 def write_spec(
-    folder: Path, url: str, *, provider: str = "", stages: str = "", run: str = "", cases: int = 20, concurrency: int = 8
+    folder: Path,
+    url: str,
+    *,
+    provider: str = "",
+    stages: str = "",
+    run: str = "",
+    cases: int = 20,
+    concurrency: int = 8,
 ) -> Path:
     write_cases(folder / "cases.jsonl", cases)
     spec = f"""
@@ -37,7 +46,9 @@ api_key_env = "TEST_ENGINE_KEY"
 max_concurrency = {concurrency}
 {provider}
 """
-    spec += stages or """
+    spec += (
+        stages
+        or """
 [[stages]]
 name = "answer"
 generator = "template"
@@ -45,6 +56,7 @@ provider = "teacher"
 input = "cases.jsonl"
 prompt = "Answer briefly: {question}"
 """
+    )
     path = folder / "spec.toml"
     path.write_text(spec)
     return path
@@ -66,7 +78,11 @@ def engine(*args: Any, check: bool = True, env: dict[str, str] | None = None) ->
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()] if path.exists() else []
+    return (
+        [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+        if path.exists()
+        else []
+    )
 
 
 def outcomes(out: Path, stage: str, kind: str) -> list[dict[str, Any]]:

@@ -60,7 +60,9 @@ def test_resume_after_sigkill_gives_exactly_one_outcome_per_id(tmp_path: Path, f
     journal = tmp_path / "out" / "answer" / "raw" / "shard-00000.jsonl"
     env = {**os.environ, "TEST_ENGINE_KEY": "k"}
     for stop_at in (5, 25, 45):
-        proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(spec), "--quiet"], cwd=ROOT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "run", str(spec), "--quiet"], cwd=ROOT, env=env
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len(read_lines_safe(journal)) < stop_at:
             assert proc.poll() is None, "the run ended before it could be killed"
@@ -94,7 +96,10 @@ def test_shards_are_disjoint_and_complete(tmp_path: Path, fake_server) -> None:
     assert all(rows for rows in per_shard)
     assert sorted(ids) == [f"c{i:04d}" for i in range(40)]  # complete, and no id twice
     status = orjson.loads(engine("status", spec, "--json").stdout)
-    assert status["stages"]["answer"]["counts"]["kept"] == 40 and status["stages"]["answer"]["counts"]["pending"] == 0
+    assert (
+        status["stages"]["answer"]["counts"]["kept"] == 40
+        and status["stages"]["answer"]["counts"]["pending"] == 0
+    )
 
 
 def test_status_reports_pending_before_any_run(tmp_path: Path, fake_server) -> None:
@@ -214,3 +219,23 @@ max_bad_output = 2
     assert len(rejected) == 1 and rejected[0]["filter"] == "parse" and rejected[0]["raw_text"] == "never json"
     status = orjson.loads(engine("status", spec, "--json").stdout)
     assert status["stages"]["answer"]["reasons"] == {"parse: answer is not valid JSON": 1}
+
+
+def test_failed_records_are_recorded_then_retried_on_request(tmp_path: Path, fake_server) -> None:
+    spec = write_spec(tmp_path, fake_server.url, cases=4)
+    fake_server.set(fail_when={"question number 2": 400})  # e.g. a context-length error: never retried
+    engine("run", spec, "--quiet")
+    failed = outcomes(tmp_path / "out", "answer", "failed")
+    assert [(r["id"], r["error"], r["status_code"]) for r in failed] == [("c0002", "Fatal", 400)]
+    assert sum("question number 2" in str(b) for b in fake_server.bodies) == 1
+    engine("run", spec, "--quiet")  # a plain re-run leaves the outcome alone
+    assert sum("question number 2" in str(b) for b in fake_server.bodies) == 1
+    fake_server.set(fail_when={})
+    engine("run", spec, "--quiet", "--retry-failed")
+    assert sorted(r["id"] for r in outcomes(tmp_path / "out", "answer", "kept")) == [
+        "c0000",
+        "c0001",
+        "c0002",
+        "c0003",
+    ]
+    assert outcomes(tmp_path / "out", "answer", "failed") == []

@@ -55,12 +55,27 @@ def test_shipped_smoke_spec_is_valid() -> None:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (('prompt = "Q', 'promt = "Q'), "spec.toml:15: stages[0].promt: unknown key (did you mean 'prompt'?)"),
+        (
+            ('prompt = "Q', 'promt = "Q'),
+            "spec.toml:15: stages[0].promt: unknown key (did you mean 'prompt'?)",
+        ),
         (("rpm = 60", 'rpm = "fast"'), "spec.toml:8: providers.teacher.rpm: Input should be a valid number"),
-        (('provider = "teacher"', 'provider = "techer"'), "spec.toml:13: stages[0].provider: unknown provider"),
-        (('input = "cases.jsonl"', 'input = "nope.jsonl"'), "spec.toml:14: stages[0].input: input 'nope.jsonl'"),
-        (("{question}", "{questoin}"), "spec.toml:15: stages[0].prompt: stage 'answer': the prompt uses {questoin}"),
-        (('generator = "template"', 'generator = "magic"'), "spec.toml:12: stages[0].generator: unknown generator"),
+        (
+            ('provider = "teacher"', 'provider = "techer"'),
+            "spec.toml:13: stages[0].provider: unknown provider",
+        ),
+        (
+            ('input = "cases.jsonl"', 'input = "nope.jsonl"'),
+            "spec.toml:14: stages[0].input: input 'nope.jsonl'",
+        ),
+        (
+            ("{question}", "{questoin}"),
+            "spec.toml:15: stages[0].prompt: stage 'answer': the prompt uses {questoin}",
+        ),
+        (
+            ('generator = "template"', 'generator = "magic"'),
+            "spec.toml:12: stages[0].generator: unknown generator",
+        ),
         (('kind = "openai"', 'kind = "magic"'), "spec.toml:5: providers.teacher.kind: expected one of"),
         (('name = "t"', 'nam = "t"'), "spec.toml:2: run.nam: unknown key (did you mean 'name'?)"),
         (("[run]", "[run\n"), "invalid TOML"),

@@ -2,28 +2,25 @@
 SmolLM2-135M-Instruct GGUF, converted once and cached), with the openai provider's request and
 response shape, JSON-schema constrained decoding and teacher-forced top-k scoring.
 
-All model work happens on one worker thread, so the event loop never blocks: concurrent complete()
-calls queue up and the worker runs up to `batch_size` of them in one generate().
+All model work happens on one worker thread (local_worker.py), so the event loop never blocks:
+concurrent complete() calls queue up and the worker runs up to `batch_size` of them in one generate().
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import concurrent.futures
-import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
-from engine.errors import Fatal
+from engine.errors import EngineError, Fatal
 from engine.providers.base import Provider, ProviderConfig
 from engine.providers.grammar import grammar_key
 from engine.providers.local_params import gen_params
+from engine.providers.local_worker import BatchWorker, Job
 from engine.types import ChatRequest, Completion, TokenTopK, Usage
 
 
@@ -41,13 +38,6 @@ class LocalConfig(ProviderConfig):
     device: Literal["cpu", "cuda", "auto"] = "auto"
 
 
-@dataclass
-class _Job:
-    kind: Literal["load", "generate", "score"]
-    payload: dict[str, Any] = field(default_factory=dict)
-    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-
-
 class LocalProvider(Provider):
     kind = "local"
     Config = LocalConfig
@@ -57,8 +47,13 @@ class LocalProvider(Provider):
         self.config: LocalConfig = config
         self._lm: Any = None  # LoadedModel, set by the worker thread
         self._grammars: Any = None
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._worker: threading.Thread | None = None
+        self._worker = BatchWorker(
+            self._handle,
+            batched_kind="generate",
+            batch_size=config.batch_size,
+            wait_s=config.batch_wait_s,
+            name=f"local-provider-{name}",
+        )
         self._tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share across threads
         self.batch_sizes: collections.Counter[int] = collections.Counter()  # generate() calls by batch size
 
@@ -66,7 +61,7 @@ class LocalProvider(Provider):
 
     async def preflight(self) -> None:
         """Load (converting the GGUF on first use); raises Fatal(stop_run=True) with a one-line reason."""
-        await self._submit(_Job("load"))
+        await self._worker.submit("load")
 
     async def complete(self, request: ChatRequest) -> Completion:
         start = time.perf_counter()
@@ -77,7 +72,7 @@ class LocalProvider(Provider):
             "params": gen_params(params, extra, self.config.max_new_tokens),
             "grammar": grammar_key(params, extra),
         }
-        prompt_len, row = await self._submit(_Job("generate", payload))
+        prompt_len, row = await self._worker.submit("generate", payload)
         return Completion(
             text=row.text,
             finish_reason=row.finish_reason,
@@ -105,7 +100,7 @@ class LocalProvider(Provider):
         if top_k < 0:
             raise Fatal(f"local provider: score top_k must be >= 0, got {top_k}")
         payload = {"prompt": prompt, "completion": completion, "top_k": top_k, "add_eos": add_eos}
-        return await self._submit(_Job("score", payload))
+        return await self._worker.submit("score", payload)
 
     def estimate_tokens(self, request: ChatRequest) -> int:
         """Real prompt tokens once the model is loaded (after preflight); the base estimate before."""
@@ -124,56 +119,27 @@ class LocalProvider(Provider):
         return self._lm
 
     async def aclose(self) -> None:
-        if self._worker is not None and self._worker.is_alive():
-            self._jobs.put(None)
-            await asyncio.to_thread(self._worker.join)
-        self._worker = None
+        await self._worker.close()
 
-    # --- the worker thread --------------------------------------------------------------------------
+    # --- on the worker thread ----------------------------------------------------------------------------
 
-    async def _submit(self, job: _Job) -> Any:
-        if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(
-                target=self._work, name=f"local-provider-{self.name}", daemon=True
+    def _handle(self, jobs: list[Job]) -> None:
+        try:
+            self._ensure_loaded()
+        except Exception as exc:  # every waiting caller learns why
+            error = (
+                exc if isinstance(exc, Fatal) else Fatal(f"local provider: cannot load: {exc}", stop_run=True)
             )
-            self._worker.start()
-        self._jobs.put(job)
-        return await asyncio.wrap_future(job.future)
-
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            batch = self._collect(job)
-            try:
-                self._ensure_loaded()
-            except Exception as exc:  # every waiting caller learns why
-                if not isinstance(exc, Fatal):
-                    exc = Fatal(f"local provider: cannot load the model: {exc}", stop_run=True)
-                for j in batch:
-                    if j.future.set_running_or_notify_cancel():
-                        j.future.set_exception(exc)
-                continue
-            live = [j for j in batch if j.future.set_running_or_notify_cancel()]
-            for j in [j for j in live if j.kind != "generate"]:
-                self._settle(j, lambda j=j: self._run_single(j))
-            self._run_generate([j for j in live if j.kind == "generate"])
-
-    def _collect(self, first: _Job) -> list[_Job]:
-        """`first` plus whatever else arrives within batch_wait_s, up to batch_size generate jobs."""
-        batch = [first]
-        deadline = time.monotonic() + self.config.batch_wait_s
-        while sum(j.kind == "generate" for j in batch) < self.config.batch_size:
-            try:
-                nxt = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if nxt is None:  # shut down after this batch
-                self._jobs.put(None)
-                break
-            batch.append(nxt)
-        return batch
+            for job in jobs:
+                job.future.set_exception(error)
+            return
+        for job in jobs:
+            if job.kind != "generate":
+                try:
+                    job.future.set_result(self._score(job.payload) if job.kind == "score" else None)
+                except Exception as exc:
+                    job.future.set_exception(_as_engine_error(exc, f"{job.kind} failed"))
+        self._generate([job for job in jobs if job.kind == "generate"])
 
     def _ensure_loaded(self) -> None:
         if self._lm is not None:
@@ -197,12 +163,9 @@ class LocalProvider(Provider):
         self._grammars = GrammarCompiler(lm.tokenizer, lm.vocab_size, lm.eos_ids, torch.get_num_threads())
         self._lm = lm
 
-    def _run_single(self, job: _Job) -> Any:
-        if job.kind == "load":
-            return None
+    def _score(self, p: dict[str, Any]) -> list[TokenTopK]:
         from engine.providers.local_decode import score_tokens
 
-        p = job.payload
         prompt = (
             self._render(p["prompt"])
             if p["prompt"] and isinstance(p["prompt"][0], dict)
@@ -219,7 +182,7 @@ class LocalProvider(Provider):
         self._check_context(len(prompt), len(completion))
         return score_tokens(self._lm, prompt, completion, p["top_k"])
 
-    def _run_generate(self, jobs: list[_Job]) -> None:
+    def _generate(self, jobs: list[Job]) -> None:
         from engine.providers.local_decode import generate_batch
 
         ready, prompts, params = [], [], []
@@ -230,8 +193,8 @@ class LocalProvider(Provider):
                 self._check_context(len(prompt), gp.max_tokens)
                 if job.payload["grammar"] is not None:
                     gp.grammar = self._grammars.compile(job.payload["grammar"])
-            except BaseException as exc:
-                job.future.set_exception(exc)
+            except Exception as exc:
+                job.future.set_exception(_as_engine_error(exc, "cannot prepare the request"))
                 continue
             ready.append(job), prompts.append(prompt), params.append(gp)
         if not ready:
@@ -239,19 +202,12 @@ class LocalProvider(Provider):
         self.batch_sizes[len(ready)] += 1
         try:
             results = generate_batch(self._lm, prompts, params)
-        except BaseException as exc:
+        except Exception as exc:
             for job in ready:
-                job.future.set_exception(Fatal(f"local provider: generation failed: {exc}"))
+                job.future.set_exception(_as_engine_error(exc, "generation failed"))
             return
         for job, prompt, row in zip(ready, prompts, results, strict=True):
             job.future.set_result((len(prompt), row))
-
-    @staticmethod
-    def _settle(job: _Job, fn: Any) -> None:
-        try:
-            job.future.set_result(fn())
-        except BaseException as exc:
-            job.future.set_exception(exc)
 
     def _render(self, messages: list[dict[str, str]]) -> list[int]:
         with self._tokenizer_lock:
@@ -266,3 +222,11 @@ class LocalProvider(Provider):
                 f"model's context of {limit} tokens; shorten the prompt or lower max_tokens",
                 status=400,
             )
+
+
+def _as_engine_error(exc: Exception, what: str) -> Exception:
+    """Engine errors pass as they are; anything else (a template error, out of memory) becomes a Fatal
+    for this request: the same input would fail the same way on a retry."""
+    if isinstance(exc, EngineError):
+        return exc
+    return Fatal(f"local provider: {what}: {type(exc).__name__}: {exc}")

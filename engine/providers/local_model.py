@@ -82,7 +82,7 @@ def resolve_model(model: str, cache_dir: Path | None) -> Path:
 
 def converted_dir(gguf: Path, cache_dir: Path | None) -> Path:
     """Where the conversion of `gguf` is cached; the name changes when the file does."""
-    root = (cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser() / "models"
+    root = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser() / "models"
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     return Path(root) / f"{gguf.stem}-{key}"

@@ -111,7 +111,7 @@ class OpenAIProvider(Provider):
                 timeout=timeout,
                 **params,
             )
-            headers = {k: v for k, v in raw.headers.items() if k.lower().startswith(KEPT_HEADERS)}
+            headers = {k.lower(): v for k, v in raw.headers.items() if k.lower().startswith(KEPT_HEADERS)}
             return self._to_completion(raw.parse(), headers, time.monotonic() - start)
         except openai.APIError as exc:
             raise self._translate(exc, timeout) from None

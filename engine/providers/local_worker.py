@@ -1,0 +1,83 @@
+"""One worker thread that owns a model: coroutines submit jobs and await them without blocking the event
+loop; the thread drains the queue in batches (what arrives within `wait_s`, up to `batch_size` jobs
+of the batched kind) and hands each batch to a handler."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Job:
+    kind: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+class BatchWorker:
+    def __init__(
+        self,
+        handle: Callable[[list[Job]], None],
+        *,
+        batched_kind: str,
+        batch_size: int,
+        wait_s: float,
+        name: str,
+    ):
+        """`handle(jobs)` runs on the worker thread and must settle every job's future."""
+        self._handle, self._batched_kind = handle, batched_kind
+        self._batch_size, self._wait_s, self._name = batch_size, wait_s, name
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    async def submit(self, kind: str, payload: dict[str, Any] | None = None) -> Any:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+        job = Job(kind, payload or {})
+        self._jobs.put(job)
+        # A cancelled await cancels the job too, unless the worker already started it.
+        return await asyncio.wrap_future(job.future)
+
+    async def close(self) -> None:
+        """Finish the batch in hand, then stop the thread (a later submit starts a new one)."""
+        if self._thread is not None and self._thread.is_alive():
+            self._jobs.put(None)
+            await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            live = [job for job in self._collect(first) if job.future.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            try:
+                self._handle(live)
+            except BaseException as exc:  # a handler bug must not leave callers waiting forever
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+
+    def _collect(self, first: Job) -> list[Job]:
+        batch = [first]
+        deadline = time.monotonic() + self._wait_s
+        while sum(job.kind == self._batched_kind for job in batch) < self._batch_size:
+            try:
+                nxt = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if nxt is None:  # stop after this batch
+                self._jobs.put(None)
+                break
+            batch.append(nxt)
+        return batch
