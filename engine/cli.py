@@ -60,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--stage", action="append", help="replay only this stage (repeatable)")
     replay.set_defaults(handler=cmd_replay)
 
+    runs = sub.add_parser(
+        "runs",
+        help="the run history: one row per run; `runs note NAME --score S` records a leaderboard score",
+    )
+    runs.add_argument("dir", nargs="?", type=Path, default=Path("runs"), help="folder searched for runs")
+    runs.add_argument("--json", action="store_true")
+    runs.add_argument("--plot", type=Path, help="draw score and statistics per run into this PNG")
+    runs.add_argument("--diff", nargs=2, metavar=("A", "B"), help="compare two runs' answers on the same ids")
+    runs.add_argument(
+        "--field", action="append", help="with --diff: the fields compared (default: all that differ)"
+    )
+    runs.set_defaults(handler=cmd_runs)
+
     for module, function in PLUGINS:
         try:
             add: Callable[[Any], None] = getattr(importlib.import_module(module), function)
@@ -72,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:2] == ["runs", "note"]:
+            return cmd_note(argv[2:])
         if argv[:1] == ["filter"] and argv[1:2] and argv[1] in STANDALONE_FILTERS:
             from filters.standalone import main as filter_main
 
@@ -163,6 +178,36 @@ def cmd_export(args: argparse.Namespace) -> int:
         with atomic_output(args.output) as out:
             count = write(records, out)
     print(f"wrote {count} records ({args.format}) to {args.output or 'stdout'}", file=sys.stderr)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from engine import history
+
+    if args.diff:
+        a, b = (history.find_run(args.dir, name) for name in args.diff)
+        report = history.diff(a, b, fields=args.field)
+        print(orjson.dumps(report).decode() if args.json else history.format_diff(report))
+        return 0
+    rows = history.table(history.find_runs(args.dir))
+    if args.plot and rows:
+        history.plot(rows, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    print(orjson.dumps(rows).decode() if args.json else history.format_table(rows))
+    return 0
+
+
+def cmd_note(argv: list[str]) -> int:
+    from engine import history
+
+    parser = argparse.ArgumentParser(prog="python -m engine runs note")
+    parser.add_argument("name", help="the run's name (its [run].name) or its output folder's name")
+    parser.add_argument("--score", type=float, help="the leaderboard score of this run's submission")
+    parser.add_argument("--text", help="a free note, e.g. what changed")
+    parser.add_argument("--dir", type=Path, default=Path("runs"), help="folder searched for runs")
+    args = parser.parse_args(argv)
+    run = history.note(args.dir, args.name, args.score, args.text)
+    print(f"noted {run.name}: {run.notes}")
     return 0
 
 

@@ -15,6 +15,8 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import ValidationError
 
 from engine.errors import SpecError
+from engine.history import EVAL, resolve_stage
+from engine.store import write_json_atomic
 from evals.metrics import EvalConfig
 from evals.report import evaluate, format_table
 from evals.submission import load_answers
@@ -81,12 +83,15 @@ def main_eval(args: argparse.Namespace) -> int:
     """Run the evaluation the parsed args describe; returns the exit status (2 on bad input)."""
     try:
         config = config_from_args(args)
-        predictions = load_answers(args.pred)
+        stage = resolve_stage(args.pred)  # `spec.toml:STAGE` reads a run's kept records
+        predictions = load_answers(stage[0] if stage else args.pred)
         gold = load_answers(args.gold) if args.gold else None
         report = evaluate(predictions, gold, config, labels=(args.pred, args.gold or "gold"))
     except SpecError as err:
         print(f"eval: {err}", file=sys.stderr)
         return 2
+    if stage:
+        write_json_atomic(stage[1] / EVAL, report)  # `engine runs` shows it
     print(json.dumps(report, ensure_ascii=False) if args.json else format_table(report))
     return 0
 

@@ -1,0 +1,249 @@
+"""The run history: one row per run (manifest, task stats, offline metrics, the leaderboard score the
+user noted), the delta to the previous run, a plot, and a diff of two runs' answers on the same ids."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine.errors import SpecError
+from engine.store import read_outcome, write_json_atomic
+
+NOTES = "notes.json"  # beside manifest.json: {"score": float, "text": str}
+EVAL = "eval.json"  # beside a stage's kept/: what `engine eval SPEC:STAGE` measured
+
+
+@dataclass
+class Run:
+    out_dir: Path
+    manifest: dict[str, Any]
+    notes: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name", self.out_dir.name)
+
+    @property
+    def last_stage(self) -> str | None:
+        stages = self.manifest.get("stages") or {}
+        return list(stages)[-1] if stages else None
+
+    def row(self) -> dict[str, Any]:
+        m = self.manifest
+        models = sorted(
+            {f"{p['kind']}/{p['model']}" for p in m.get("providers", {}).values() if p.get("requests")}
+        )
+        stage = self.last_stage
+        info = m["stages"].get(stage, {}) if stage else {}
+        row: dict[str, Any] = {
+            "name": self.name,
+            "date": m.get("created", "")[:10],
+            "description": m.get("description", ""),
+            "models": ", ".join(models) or "-",
+            "stage": stage or "-",
+            "kept": info.get("counts", {}).get("kept", 0),
+            "rejected": info.get("counts", {}).get("rejected", 0),
+            "failed": info.get("counts", {}).get("failed", 0),
+        }
+        row.update({k: v for k, v in info.get("stats", {}).items() if isinstance(v, int | float)})
+        metrics = self.metrics(stage)
+        row.update(metrics)
+        row["score"] = self.notes.get("score")
+        row["note"] = self.notes.get("text", "")
+        return row
+
+    def metrics(self, stage: str | None) -> dict[str, float]:
+        path = self.out_dir / (stage or "") / EVAL
+        if not stage or not path.exists():
+            return {}
+        report = orjson.loads(path.read_bytes())
+        found = {}
+        for group in ("diseases", "reason"):
+            if isinstance(report.get(group), dict) and "f1" in report[group]:
+                found[f"{group}.f1"] = report[group]["f1"]
+        if isinstance(report.get("combined"), int | float):
+            found["combined"] = report["combined"]
+        return found
+
+
+def find_runs(root: Path) -> list[Run]:
+    """Every folder under `root` holding a run manifest, oldest first."""
+    runs = []
+    for manifest in root.rglob("manifest.json"):
+        notes_path = manifest.parent / NOTES
+        notes = orjson.loads(notes_path.read_bytes()) if notes_path.exists() else {}
+        runs.append(Run(manifest.parent, orjson.loads(manifest.read_bytes()), notes))
+    return sorted(runs, key=lambda r: (r.manifest.get("created", ""), r.name))
+
+
+def find_run(root: Path, name: str) -> Run:
+    matches = [r for r in find_runs(root) if r.name == name or r.out_dir.name == name]
+    if not matches:
+        known = ", ".join(r.name for r in find_runs(root)) or "none"
+        raise SpecError(f"no run named {name!r} under {root} (runs: {known})")
+    return matches[-1]
+
+
+def note(root: Path, name: str, score: float | None, text: str | None) -> Run:
+    run = find_run(root, name)
+    if score is not None:
+        run.notes["score"] = score
+    if text is not None:
+        run.notes["text"] = text
+    write_json_atomic(run.out_dir / NOTES, run.notes)
+    return run
+
+
+def table(runs: list[Run]) -> list[dict[str, Any]]:
+    """Rows oldest first, each with the score's change from the previous scored run."""
+    rows, previous = [], None
+    for run in runs:
+        row = run.row()
+        if row["score"] is not None:
+            row["delta"] = None if previous is None else row["score"] - previous
+            previous = row["score"]
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no runs found"
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns and k != "note"]
+    columns.append("note")
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Score and every numeric statistic per run, one small panel each: a trend reads faster than a table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    skip = {"rejected", "failed", "delta", "score"}
+    keys = [k for k in rows[0] if k not in skip and isinstance(rows[0].get(k), int | float)]
+    if any(r.get("score") is not None for r in rows):
+        keys.insert(0, "score")
+    fig, axes = plt.subplots(len(keys), 1, figsize=(max(6, len(rows) * 0.9), 2.2 * len(keys)), squeeze=False)
+    names = [r["name"] for r in rows]
+    for ax, key in zip(axes[:, 0], keys, strict=True):
+        values = [r.get(key) if isinstance(r.get(key), int | float) else float("nan") for r in rows]
+        ax.plot(names, values, marker="o")
+        ax.set_ylabel(key, fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def kept_records(run: Run, stage: str | None = None) -> Iterator[dict[str, Any]]:
+    stage = stage or run.last_stage
+    if stage is None:
+        return iter(())
+    return read_outcome(run.out_dir / stage, "kept")
+
+
+def diff(a: Run, b: Run, *, fields: list[str] | None = None, top: int = 5) -> dict[str, Any]:
+    """What changed between two runs' answers on the same ids: per field, the ids whose value changed,
+    the mean length change, and the largest differences."""
+    left = {str(r["id"]): r for r in kept_records(a)}
+    right = {str(r["id"]): r for r in kept_records(b)}
+    shared = sorted(left.keys() & right.keys())
+    if fields is None:
+        sample = [left[i] for i in shared[:50]]
+        fields = sorted(
+            {k for r in sample for k, v in r.items() if isinstance(v, list | str)} - {"id", "meta"}
+        )
+        fields = [f for f in fields if any(left[i].get(f) != right[i].get(f) for i in shared)]
+    report: dict[str, Any] = {
+        "a": a.name,
+        "b": b.name,
+        "shared": len(shared),
+        "only_a": len(left.keys() - right.keys()),
+        "only_b": len(right.keys() - left.keys()),
+        "fields": {},
+    }
+    for field in fields:
+        changed, deltas = [], []
+        for rid in shared:
+            va, vb = left[rid].get(field), right[rid].get(field)
+            if va != vb:
+                changed.append(rid)
+            deltas.append((_length(vb) - _length(va), rid))
+        deltas.sort(key=lambda d: abs(d[0]), reverse=True)
+        report["fields"][field] = {
+            "changed": len(changed),
+            "changed_ids": changed[:20],
+            "mean_length_change": sum(d for d, _ in deltas) / len(deltas) if deltas else 0.0,
+            "mean_items_a": _mean_items(left, shared, field),
+            "mean_items_b": _mean_items(right, shared, field),
+            "largest": [
+                {"id": rid, "length_change": d, "a": left[rid].get(field), "b": right[rid].get(field)}
+                for d, rid in deltas[:top]
+                if d
+            ],
+        }
+    return report
+
+
+def _length(value: Any) -> int:
+    if isinstance(value, list):
+        return sum(len(str(v)) for v in value)
+    return len(str(value)) if value is not None else 0
+
+
+def _mean_items(records: dict[str, dict[str, Any]], ids: list[str], field: str) -> float | None:
+    lists = [records[i].get(field) for i in ids if isinstance(records[i].get(field), list)]
+    return sum(len(v) for v in lists) / len(lists) if lists else None
+
+
+def format_diff(report: dict[str, Any]) -> str:
+    lines = [
+        f"{report['a']} -> {report['b']}: {report['shared']} shared ids "
+        f"({report['only_a']} only in {report['a']}, {report['only_b']} only in {report['b']})"
+    ]
+    for field, info in report["fields"].items():
+        items = ""
+        if info["mean_items_a"] is not None:
+            items = f", items per answer {info['mean_items_a']:.2f} -> {info['mean_items_b']:.2f}"
+        lines.append(
+            f"{field}: {info['changed']} ids changed, mean length change "
+            f"{info['mean_length_change']:+.1f} chars{items}"
+        )
+        for big in info["largest"]:
+            lines.append(f"    {big['id']}: {big['length_change']:+d} chars")
+    return "\n".join(lines)
+
+
+def resolve_stage(ref: str) -> tuple[Iterator[dict[str, Any]], Path] | None:
+    """`runs/x/spec.toml:STAGE` -> (that stage's kept records, its folder); None for a plain file."""
+    spec_path, sep, stage = ref.rpartition(":")
+    if not sep or not spec_path.endswith(".toml"):
+        return None
+    from engine.spec import load_spec
+
+    loaded = load_spec(spec_path)
+    loaded.stage(stage)
+    stage_dir = loaded.out_dir / stage
+    if not (stage_dir / "kept").is_dir():
+        raise SpecError(f"{stage_dir}: no kept records yet; run `python -m engine run {spec_path}` first")
+    return read_outcome(stage_dir, "kept"), stage_dir
