@@ -9,6 +9,13 @@ from generators.base import REGISTRY, Generator
 # name -> module that registers it; imported lazily so `engine status` never loads torch.
 BUILTIN = {
     "template": "generators.template",
+    "diagnose": "generators.medical.diagnose",
+    "two_stage": "generators.medical.two_stage",
+    "label_diseases": "generators.medical.label_diseases",
+    "label_reasons": "generators.medical.label_reasons",
+    "self_instruct": "generators.medical.self_instruct",
+    "preference_pairs": "generators.medical.preference_pairs",
+    "predict": "generators.medical.predict",
 }
 
 

@@ -1,4 +1,4 @@
-"""`engine filter SPEC` replays the chain over stored answers: new counts, zero requests, nothing re-billed."""
+"""`engine filter SPEC` replays the chain over stored answers: new counts, zero requests, no re-billing."""
 
 from __future__ import annotations
 

@@ -72,7 +72,8 @@ class GrammarCompiler:
                     # any_whitespace=False: otherwise a small model can pad with whitespace forever.
                     grammar = self._compiler.compile_json_schema(key, any_whitespace=False)
             except Exception as exc:
-                raise Fatal(f"local provider: JSON schema does not compile: {exc}") from exc
+                detail = " ".join(str(exc).split())  # xgrammar's messages span lines
+                raise Fatal(f"local provider: JSON schema does not compile: {detail}") from exc
             self._compiled[key] = grammar
         return self._compiled[key]
 

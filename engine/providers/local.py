@@ -201,7 +201,7 @@ class LocalProvider(Provider):
             return
         self.batch_sizes[len(ready)] += 1
         try:
-            results = generate_batch(self._lm, prompts, params)
+            results = generate_batch(self._lm, prompts, params, [job.abandoned.is_set for job in ready])
         except Exception as exc:
             for job in ready:
                 job.future.set_exception(_as_engine_error(exc, "generation failed"))
@@ -229,4 +229,5 @@ def _as_engine_error(exc: Exception, what: str) -> Exception:
     for this request: the same input would fail the same way on a retry."""
     if isinstance(exc, EngineError):
         return exc
-    return Fatal(f"local provider: {what}: {type(exc).__name__}: {exc}")
+    detail = " ".join(str(exc).split())  # one line, whatever the library wrote
+    return Fatal(f"local provider: {what}: {type(exc).__name__}: {detail}")

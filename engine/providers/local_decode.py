@@ -11,6 +11,7 @@ grammar mask), like vLLM's default, computed as top-k(logits) - logsumexp(logits
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ class RowResult:
 class _Row:
     params: GenParams
     rng: torch.Generator | None
+    abandoned: Callable[[], bool]
     tokens: list[int] = field(default_factory=list)
     logprobs: list[TokenTopK] = field(default_factory=list)
     finish: str | None = None
@@ -109,7 +111,9 @@ class RowStopper(StoppingCriteria):
         for row in self.rows:
             if row.finish is not None:
                 continue
-            if row.params.stop and _find_stop(self.tokenizer.decode(row.tokens), row.params.stop) >= 0:
+            if row.abandoned():  # nobody waits for this row any more: free the batch sooner
+                row.finish = "length"
+            elif row.params.stop and _find_stop(self.tokenizer.decode(row.tokens), row.params.stop) >= 0:
                 row.finish = "stop"
             elif len(row.tokens) >= row.params.max_tokens:
                 row.finish = "length"
@@ -122,15 +126,22 @@ def _find_stop(text: str, stops: tuple[str, ...]) -> int:
     return min(found) if found else -1
 
 
-def generate_batch(lm: LoadedModel, prompts: list[list[int]], params: list[GenParams]) -> list[RowResult]:
-    """Left-pad the prompts and run one generate() over all of them."""
+def generate_batch(
+    lm: LoadedModel,
+    prompts: list[list[int]],
+    params: list[GenParams],
+    abandoned: list[Callable[[], bool]] | None = None,
+) -> list[RowResult]:
+    """Left-pad the prompts and run one generate() over all of them. `abandoned[i]()` true: row i
+    stops at the next step (its caller gave up)."""
     width = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), width), lm.pad_id, dtype=torch.long)
     attention = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, prompt in enumerate(prompts):
         input_ids[i, width - len(prompt) :] = torch.tensor(prompt)
         attention[i, width - len(prompt) :] = 1
-    rows = [_Row(p, _rng(p, lm.device)) for p in params]
+    abandoned = abandoned or [lambda: False] * len(params)
+    rows = [_Row(p, _rng(p, lm.device), gone) for p, gone in zip(params, abandoned, strict=True)]
     grammar = GrammarRows([p.grammar for p in params], lm.vocab_size)
     config = GenerationConfig(
         do_sample=False,

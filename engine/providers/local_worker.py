@@ -19,6 +19,8 @@ class Job:
     kind: str
     payload: dict[str, Any] = field(default_factory=dict)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    # Set when the caller stopped waiting after the job started: the handler may cut it short.
+    abandoned: threading.Event = field(default_factory=threading.Event)
 
 
 class BatchWorker:
@@ -43,8 +45,12 @@ class BatchWorker:
             self._thread.start()
         job = Job(kind, payload or {})
         self._jobs.put(job)
-        # A cancelled await cancels the job too, unless the worker already started it.
-        return await asyncio.wrap_future(job.future)
+        try:
+            return await asyncio.wrap_future(job.future)
+        except asyncio.CancelledError:
+            # A queued job is cancelled with the await; a running one can only be told to stop.
+            job.abandoned.set()
+            raise
 
     async def close(self) -> None:
         """Finish the batch in hand, then stop the thread (a later submit starts a new one)."""
