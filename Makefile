@@ -26,7 +26,7 @@ demo: install
 	$(PY) -m engine train sft runs/demo/train.toml
 
 test: install
-	$(PY) -m pip install -q "llama-cpp-python[server]==0.3.16" || echo "llama-cpp-python did not build: its test will skip"
+	$(PY) -m pip install -q "llama-cpp-python[server]==0.3.36" || echo "llama-cpp-python did not build: its test will skip"
 	$(PY) -m pytest -q
 
 lint: install

@@ -127,9 +127,9 @@ class LocalProvider(Provider):
         try:
             self._ensure_loaded()
         except Exception as exc:  # every waiting caller learns why
-            error = (
-                exc if isinstance(exc, Fatal) else Fatal(f"local provider: cannot load: {exc}", stop_run=True)
-            )
+            error = exc if isinstance(exc, Fatal) else _as_engine_error(exc, "cannot load the model")
+            if isinstance(error, Fatal):
+                error.stop_run = True
             for job in jobs:
                 job.future.set_exception(error)
             return
@@ -159,7 +159,6 @@ class LocalProvider(Provider):
             dtype=self.config.dtype,
             device=self.config.device,
         )
-        lm.tokenizer.padding_side = "left"
         self._grammars = GrammarCompiler(lm.tokenizer, lm.vocab_size, lm.eos_ids, torch.get_num_threads())
         self._lm = lm
 
