@@ -12,19 +12,28 @@ import hashlib
 import itertools
 import signal
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 
+from engine.commit import Committer, RoundCommit, StageReport
 from engine.errors import BadOutput, Fatal, ProviderError, RunStopped, SpecError
 from engine.progress import StageProgress
 from engine.spec import LoadedSpec, StageSpec
-from engine.store import DerivedWriter, Journal, manifest_path, read_jsonl, read_outcome, write_json_atomic
+from engine.store import (
+    DerivedWriter,
+    Journal,
+    manifest_path,
+    read_jsonl,
+    read_outcome,
+    shard_name,
+    write_json_atomic,
+)
+from engine.taskpool import TaskPool
 from engine.types import ChatRequest, Completion, Record, WorkItem
 from filters.base import Filter, build_filter
 from generators.base import Generator
@@ -39,25 +48,6 @@ def work_key(stage: str, item: WorkItem, round_no: int) -> str:
 
 def key_shard(key: str, shards: int) -> int:
     return int(key[:8], 16) % shards
-
-
-@dataclass
-class StageReport:
-    name: str
-    counts: Counter = field(default_factory=Counter)  # kept / rejected / failed / pending
-    reasons: Counter = field(default_factory=Counter)  # "filter: reason class" -> n
-    filter_stats: dict[str, Any] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)  # the generator's figures over kept records
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "counts": {k: self.counts.get(k, 0) for k in ("kept", "rejected", "failed", "pending")},
-            "reasons": dict(self.reasons.most_common()),
-            "filters": self.filter_stats,
-            "stats": self.stats,
-            "seconds": round(self.seconds, 3),
-        }
 
 
 class Pipeline:
@@ -136,9 +126,8 @@ class Pipeline:
         try:
             inputs = self._checked(gen, self._inputs(stage))
             for round_no, items in enumerate(gen.rounds(inputs)):
-                on_commit = partial(self._commit, chain=chain, writer=writer, report=report)
-                commit = _RoundCommit(journal, on_commit, keep_records=feedback)
-                async with _TaskPool(self._in_flight(stage)) as pool:
+                commit = RoundCommit(journal, Committer(chain, writer, report), keep_records=feedback)
+                async with TaskPool(self._in_flight(stage)) as pool:
                     for item in items:
                         key = work_key(stage.name, item, round_no)
                         if not self._mine(stage, key):
@@ -178,7 +167,7 @@ class Pipeline:
         self._log_stage(report)
         return report
 
-    def _advance(self, commit: _RoundCommit) -> None:
+    def _advance(self, commit: RoundCommit) -> None:
         self.progress.update(commit.advance(), self._stats())
 
     async def _item(
@@ -235,62 +224,27 @@ class Pipeline:
         self._check_budget()
 
     # ---- commit: one outcome per key -----------------------------------------------------
-    def _commit(
-        self,
-        entry: dict[str, Any],
-        kept_round: list[Record],
-        *,
-        chain: list[Filter],
-        writer: DerivedWriter | None,
-        report: StageReport,
-    ) -> None:
-        status = entry["status"]
-        if status == "ok":
-            record = orjson.loads(orjson.dumps(entry["record"]))  # the chain owns its copy
-            for f in chain:
-                verdict = f(record)
-                if verdict is True or (isinstance(verdict, tuple) and verdict[0]):
-                    continue
-                reason = verdict[1] if isinstance(verdict, tuple) else "dropped"
-                report.counts["rejected"] += 1
-                report.reasons[f"{f.name}: {reason.split(':')[0]}"] += 1
-                if writer:
-                    writer.write(
-                        "rejected",
-                        {
-                            "id": entry["id"],
-                            "key": entry["key"],
-                            "filter": f.name,
-                            "reason": reason,
-                            "record": record,
-                        },
-                    )
-                return
-            report.counts["kept"] += 1
-            kept_round.append(record)
-            if writer:
-                writer.write("kept", record)
-        elif status == "rejected":
-            report.counts["rejected"] += 1
-            report.reasons[f"{entry['filter']}: {entry['reason'].split(':')[0]}"] += 1
-            if writer:
-                writer.write("rejected", {k: v for k, v in entry.items() if k != "status"})
-        else:
-            report.counts["failed"] += 1
-            if writer:
-                writer.write("failed", {k: v for k, v in entry.items() if k != "status"})
-
     # ---- inputs, shards, clients ---------------------------------------------------------
     def _inputs(self, stage: StageSpec) -> Iterator[Record]:
         if stage.input is None:
             return iter(())
-        names = [s.name for s in self.loaded.spec.stages]
-        if stage.input in names:
-            records: Iterable[Record] = read_outcome(self.loaded.out_dir / stage.input, "kept")
+        if self._is_stage(stage.input):
+            records: Iterable[Record] = self._stage_records(stage.input)
         else:
             path = self.loaded.base_dir / stage.input
             records = _with_ids(path, read_jsonl(path))
         return itertools.islice(records, stage.limit) if stage.limit else iter(records)
+
+    def _is_stage(self, name: str) -> bool:
+        return any(s.name == name for s in self.loaded.spec.stages)
+
+    def _stage_records(self, name: str) -> Iterator[Record]:
+        """An earlier stage's kept records; in a sharded run, only this shard's (its slice flows on)."""
+        stage_dir = self.loaded.out_dir / name
+        if self.mode == "run" and self.shard[1] > 1:
+            path = stage_dir / "kept" / shard_name(self.shard[0])
+            return read_jsonl(path) if path.exists() else iter(())
+        return read_outcome(stage_dir, "kept")
 
     def _checked(self, gen: Any, records: Iterator[Record]) -> Iterator[Record]:
         first = next(records, None)
@@ -303,22 +257,19 @@ class Pipeline:
     def _mine(self, stage: StageSpec, key: str) -> bool:
         # Only stages that read a file are split by key; later stages take their own shard's records.
         index, count = self.shard
-        if count == 1 or self.mode != "run" or stage.input in {s.name for s in self.loaded.spec.stages}:
+        if count == 1 or self.mode != "run" or self._is_stage(stage.input or ""):
             return True
         return key_shard(key, count) == index
 
     def _expected(self, stage: StageSpec) -> int | None:
         if stage.input is None:
             return None
-        names = [s.name for s in self.loaded.spec.stages]
-        if stage.input in names:
-            n = sum(1 for _ in read_outcome(self.loaded.out_dir / stage.input, "kept"))
+        if self._is_stage(stage.input):
+            n = sum(1 for _ in self._stage_records(stage.input))
         else:
             with open(self.loaded.base_dir / stage.input, "rb") as f:
-                n = sum(1 for line in f if line.strip())
-        if stage.limit:
-            n = min(n, stage.limit)
-        return n * stage.samples // (self.shard[1] if stage.input not in names else 1)
+                n = sum(1 for line in f if line.strip()) // self.shard[1]
+        return min(n, stage.limit or n) * stage.samples
 
     async def _client(self, name: str | None) -> Any:
         if name is None:
@@ -437,73 +388,3 @@ def _meta(calls: list[Completion], client: Any, attempts: int) -> dict[str, Any]
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-class _RoundCommit:
-    """Commits a round's outcomes in input order as soon as the head of the queue has one."""
-
-    def __init__(self, journal: Journal, commit: Any, *, keep_records: bool):
-        self.journal = journal
-        self.commit = commit  # (entry, kept list) -> None
-        self.order: deque[str] = deque()  # keys not yet committed, in input order
-        self.fresh: dict[str, dict[str, Any]] = {}  # outcomes of this invocation, until committed
-        self.redoing: set[str] = set()  # failed keys asked again: their old outcome no longer counts
-        self.kept: list[Record] = []
-        self.keep_records = keep_records
-        self.done = 0
-
-    def _has_outcome(self, key: str) -> bool:
-        return key in self.fresh or (key in self.journal and key not in self.redoing)
-
-    def advance(self) -> int:
-        while self.order and self._has_outcome(self.order[0]):
-            key = self.order.popleft()
-            self.redoing.discard(key)
-            entry = self.fresh.pop(key, None) or self.journal.get(key)
-            kept: list[Record] = []
-            self.commit(entry, kept)
-            if self.keep_records:
-                self.kept.extend(kept)
-            self.done += 1
-        return self.done
-
-
-class _TaskPool:
-    """At most `limit` tasks alive: memory stays flat however long the input is."""
-
-    def __init__(self, limit: int):
-        self.slots = asyncio.Semaphore(limit)
-        self.tasks: set[asyncio.Task] = set()
-        self.error: BaseException | None = None
-
-    async def __aenter__(self) -> _TaskPool:
-        return self
-
-    async def submit(self, coro: Any) -> None:
-        await self.slots.acquire()
-        if self.error:
-            coro.close()
-            raise self.error
-        task = asyncio.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task) -> None:
-        self.tasks.discard(task)
-        self.slots.release()
-        if not task.cancelled() and task.exception() and not self.error:
-            self.error = task.exception()  # a bug in the engine itself: re-raised, never swallowed
-
-    async def drain(self, on_done: Any = None) -> None:
-        while self.tasks:
-            await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_COMPLETED)
-            if on_done:
-                on_done()
-        if self.error:
-            raise self.error
-
-    async def __aexit__(self, *exc: Any) -> None:
-        if exc[0] is not None:
-            for task in self.tasks:
-                task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -16,6 +16,24 @@ import pytest
 from tests.engine_helpers import ROOT, engine, outcomes, read_lines, write_spec
 
 
+CHAINED = """
+[[stages]]
+name = "first"
+generator = "template"
+provider = "teacher"
+input = "cases.jsonl"
+prompt = "Q: {question}"
+
+[[stages]]
+name = "second"
+generator = "template"
+provider = "teacher"
+input = "first"
+prompt = "Check: {answer}"
+output = "check"
+"""
+
+
 def test_run_end_to_end_keeps_every_record_with_provenance(tmp_path: Path, fake_server) -> None:
     spec = write_spec(tmp_path, fake_server.url, cases=12)
     engine("run", spec, "--quiet")
@@ -87,19 +105,19 @@ def read_lines_safe(path: Path) -> list[bytes]:
     return [line for line in path.read_bytes().split(b"\n")[:-1]]
 
 
-def test_shards_are_disjoint_and_complete(tmp_path: Path, fake_server) -> None:
-    spec = write_spec(tmp_path, fake_server.url, cases=40)
+def test_shards_are_disjoint_and_complete_across_chained_stages(tmp_path: Path, fake_server) -> None:
+    spec = write_spec(tmp_path, fake_server.url, cases=40, stages=CHAINED)
     for i in (1, 2, 3):
         engine("run", spec, "--shard", f"{i}/3", "--quiet")
-    per_shard = [read_lines(tmp_path / "out" / "answer" / "kept" / f"shard-{i:05d}.jsonl") for i in range(3)]
-    ids = [r["id"] for rows in per_shard for r in rows]
-    assert all(rows for rows in per_shard)
-    assert sorted(ids) == [f"c{i:04d}" for i in range(40)]  # complete, and no id twice
+    for stage in ("first", "second"):
+        per_shard = [read_lines(tmp_path / "out" / stage / "kept" / f"shard-{i:05d}.jsonl") for i in range(3)]
+        ids = [r["id"] for rows in per_shard for r in rows]
+        assert all(rows for rows in per_shard)
+        assert sorted(ids) == [f"c{i:04d}" for i in range(40)]  # complete, and no id twice
+    answered = [b for b in fake_server.bodies if "Check:" in str(b)]
+    assert len(answered) == 40  # the second stage asked once per record, over all shards together
     status = orjson.loads(engine("status", spec, "--json").stdout)
-    assert (
-        status["stages"]["answer"]["counts"]["kept"] == 40
-        and status["stages"]["answer"]["counts"]["pending"] == 0
-    )
+    assert status["stages"]["second"]["counts"] == {"kept": 40, "rejected": 0, "failed": 0, "pending": 0}
 
 
 def test_status_reports_pending_before_any_run(tmp_path: Path, fake_server) -> None:
@@ -110,23 +128,7 @@ def test_status_reports_pending_before_any_run(tmp_path: Path, fake_server) -> N
 
 
 def test_chained_stage_reads_the_previous_stage(tmp_path: Path, fake_server) -> None:
-    stages = """
-[[stages]]
-name = "first"
-generator = "template"
-provider = "teacher"
-input = "cases.jsonl"
-prompt = "Q: {question}"
-
-[[stages]]
-name = "second"
-generator = "template"
-provider = "teacher"
-input = "first"
-prompt = "Check: {answer}"
-output = "check"
-"""
-    spec = write_spec(tmp_path, fake_server.url, cases=6, stages=stages)
+    spec = write_spec(tmp_path, fake_server.url, cases=6, stages=CHAINED)
     engine("run", spec, "--quiet")
     second = outcomes(tmp_path / "out", "second", "kept")
     assert len(second) == 6 and second[0]["check"] == "Check: Q: question number 0"
