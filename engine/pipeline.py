@@ -43,7 +43,11 @@ Mode = Literal["run", "replay", "status"]
 
 def work_key(stage: str, item: WorkItem, round_no: int) -> str:
     payload = [stage, str(item.record["id"]), item.sample, round_no, item.fingerprint]
-    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
+    try:
+        blob = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise SpecError(f"stage {stage!r}: the generator's fingerprint cannot be hashed ({exc})") from None
+    return hashlib.sha256(blob).hexdigest()[:24]
 
 
 def key_shard(key: str, shards: int) -> int:
@@ -203,7 +207,7 @@ class Pipeline:
                 fields = None
             if fields is not None:
                 record = {**item.record, **fields, "id": out_id}
-                if out_id != str(item.record["id"]):
+                if out_id != item.record["id"]:
                     record["source_id"] = item.record["id"]
                 record["meta"] = _meta(calls, client, attempt + 1)
                 entry.update(status="ok", record=record)

@@ -102,6 +102,8 @@ class _Codec:
     def __init__(self, k: int, vocab_size: int, packed: bool):
         self.k, self.vocab_size, self.packed = k, vocab_size, packed
         self.id_bits = max(1, (vocab_size - 1).bit_length())
+        if self.id_bits > 24:
+            raise SpecError(f"vocab_size {vocab_size}: at most 2^24 token ids are supported")
         if packed:  # rows are concatenated bit streams: a record pads only its last byte
             self.row_bits = (k + 1) * self.id_bits + TOP_BITS + (k - 1) * GAP_BITS
         else:
@@ -148,20 +150,25 @@ def _to_bits(values: np.ndarray, width: int) -> np.ndarray:
 
 
 def _from_bits(bits: np.ndarray) -> np.ndarray:
-    return bits.astype(np.int64) @ (np.int64(1) << np.arange(bits.shape[-1], dtype=np.int64))
+    """Inverse of _to_bits; a float32 product (BLAS, exact below 2^24) is ~5x faster than int64."""
+    weights = np.exp2(np.arange(bits.shape[-1], dtype=np.float32))
+    return (bits.astype(np.float32) @ weights).astype(np.int64)
 
 
 def _read_index(path: Path) -> tuple[list[dict], int]:
-    """Complete index lines and the byte length they cover (a torn last line is left out)."""
+    """Complete index lines and the byte length they cover. Only the part after the last newline can be
+    torn by a crash (one write per line); a complete line that does not parse is damage, not a tail."""
     data = path.read_bytes() if path.exists() else b""
-    entries, good = [], 0
-    for line in data.split(b"\n")[:-1]:  # the part after the last newline is torn (or empty)
+    lines = data.split(b"\n")[:-1]
+    entries = []
+    for line_no, line in enumerate(lines, 1):
         try:
             entries.append(orjson.loads(line))
         except orjson.JSONDecodeError:
-            break
-        good += len(line) + 1
-    return entries, good
+            raise SpecError(
+                f"{path}:{line_no}: damaged index line; restore the shard or re-score it"
+            ) from None
+    return entries, sum(len(line) + 1 for line in lines)
 
 
 def _load_manifest(directory: Path) -> dict:
@@ -220,7 +227,11 @@ class TopKWriter:
         except BlockingIOError:
             msg = f"{base}: another process is writing this shard; give each writer its own --shard"
             raise SpecError(msg) from None
-        entries, good = _read_index(base.with_suffix(".idx"))
+        try:
+            entries, good = _read_index(base.with_suffix(".idx"))
+        except SpecError:
+            self._idx.close()
+            raise
         self._idx.truncate(good)
         self.keys = {e["key"] for e in entries}
         end = max((e["offset"] + self.codec.nbytes(e["rows"]) for e in entries), default=0)

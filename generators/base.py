@@ -58,13 +58,14 @@ class Generator:
     def accept(self, kept: list[Record]) -> None:
         """Called after each round with the records the filter chain kept, in commit order."""
 
-    def output_id(self, item: WorkItem) -> str:
-        """The id of the record an item produces (unique within the stage)."""
-        rid = str(item.record["id"])
+    def output_id(self, item: WorkItem) -> Any:
+        """The id of the record an item produces (unique within the stage; the input's own id, of the
+        same type, when there is one answer per record, so exports keep `3104` a number)."""
+        rid = item.record["id"]
         return rid if self.stage.samples == 1 else f"{rid}-s{item.sample}"
 
-    def stats(self, kept: list[Record]) -> dict[str, Any]:
-        """Task figures over a stage's kept records, for `engine status` and the manifest."""
+    def stats(self, kept: Iterable[Record]) -> dict[str, Any]:
+        """Task figures over a stage's kept records (streamed once), for `engine status` and the manifest."""
         return {}
 
     async def generate(self, item: WorkItem, llm: LLM, attempt: int) -> Record:

@@ -1,0 +1,13 @@
+"""`diagnose`: one request answers both fields (`reason` + `diseases`), zero-shot or with k seeded demos."""
+
+from __future__ import annotations
+
+from generators.base import register
+from generators.medical.common import MedicalGenerator
+
+
+@register
+class Diagnose(MedicalGenerator):
+    name = "diagnose"
+    prompt_name = "diagnose.txt"
+    demo_name = "demo.txt"

@@ -1,0 +1,15 @@
+"""`label_diseases`: the first labelling step for new records: the diseases only, few-shot."""
+
+from __future__ import annotations
+
+from generators.base import register
+from generators.medical.common import MedicalGenerator
+from generators.medical.schema import DISEASES
+
+
+@register
+class LabelDiseases(MedicalGenerator):
+    name = "label_diseases"
+    prompt_name = "diseases.txt"
+    demo_name = "demo.txt"
+    asks = (DISEASES,)
