@@ -1,0 +1,155 @@
+"""LoRA SFT on the tiny random model: the loss falls, only the answer is supervised, adapters round-trip,
+checkpoints are scored and resumed, training continues from a given adapter, merge keeps the logits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from engine.errors import SpecError
+from tests.train_helpers import FAST, TEST_SET, logits, records, tiny_model, write_spec
+from trainers.data import Formatter
+from trainers.merge import merge_adapter
+from trainers.modeling import load_adapter
+from trainers.sft import build_sft_trainer, train_sft
+from trainers.spec import load_spec
+
+JOINT = (
+    "[eval]\nhook = 'tests.train_helpers:answer_logprob'\n"
+    "metric = 'answer_logprob'\nhigher_is_better = true\n"
+    "[sft]\noutput_dir = 'out/joint'\nmax_steps = 10\nlearning_rate = 3e-2\nsave_steps = 5\n" + FAST
+)
+
+
+@pytest.fixture(scope="module")
+def joint(tmp_path_factory):
+    """One 10-step overfit run shared by the tests below: (spec, summary)."""
+    folder = tmp_path_factory.mktemp("joint")
+    spec = load_spec(write_spec(folder, JOINT))
+    (summary,) = train_sft(spec)
+    return spec, summary
+
+
+def test_loss_falls_clearly_on_a_small_overfit_set(joint):
+    _, summary = joint
+    losses = [loss for _, loss in summary["curves"]["loss"]]
+    assert len(losses) == 10
+    assert losses[-1] < losses[0] - 2.0, losses
+    assert summary["tokens"] > 0 and summary["steps"] == 10
+
+
+def test_summary_and_loss_curve_are_written_next_to_the_adapter(joint):
+    spec, summary = joint
+    out = spec.resolve("out/joint")
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "summary.json",
+        "loss.png",
+        "tokenizer.json",
+    ):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["records"] == {"train": 6, "validation": 2}
+    assert saved["peak_memory_mb"]["process_rss"] > 0 and saved["train_runtime_s"] > 0
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_checkpoint_is_scored_and_the_best_reported(joint):
+    _, summary = joint
+    rows = summary["evaluation"]["checkpoints"]
+    assert [r["step"] for r in rows] == [5, 10]
+    assert rows[0]["eval_loss"] != rows[1]["eval_loss"]  # each checkpoint's own weights were loaded
+    # The offline-metric hook saw the validation examples and its metric picks the best checkpoint.
+    assert all(r["hook_examples"] == 2 for r in rows)
+    assert rows[0]["answer_logprob"] != rows[1]["answer_logprob"]
+    best = max(rows, key=lambda r: r["answer_logprob"])
+    assert summary["evaluation"]["metric"] == "answer_logprob"
+    assert summary["evaluation"]["best"]["path"] == best["path"]
+
+
+def test_a_bad_hook_fails_before_training(tmp_path):
+    path = write_spec(tmp_path, "[eval]\nhook = 'tests.train_helpers:nope'\n")
+    with pytest.raises(SpecError, match="eval.hook 'tests.train_helpers:nope': cannot import"):
+        train_sft(load_spec(path))
+
+
+def test_only_completion_tokens_carry_loss(tmp_path):
+    spec = load_spec(write_spec(tmp_path, "[sft]\nmax_steps = 1\n" + FAST))
+    fmt = Formatter.from_spec(spec)
+    record = {"id": 1, "feature_content": "性别: 男\n主诉: 发热", "diseases": ["感冒"], "reason": ["发热"]}
+    example = fmt.example(record, "joint")
+    trainer = build_sft_trainer(spec, "joint", [example], [], tmp_path / "out")
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    labels, ids = batch["labels"][0], batch["input_ids"][0]
+    supervised = (labels != -100).nonzero().flatten()
+    # One contiguous run at the end: the assistant answer and its end token, nothing of the prompt.
+    assert supervised.tolist() == list(range(int(supervised[0]), len(ids)))
+    tok = trainer.processing_class
+    answer = example["completion"][0]["content"]
+    assert tok.decode(ids[supervised]).startswith(answer)
+    prompt_text = tok.decode(ids[: int(supervised[0])])
+    assert prompt_text.endswith("<|im_start|>assistant\n") and answer not in prompt_text
+
+
+def test_adapter_saves_reloads_and_gives_the_same_logits(tmp_path):
+    spec = load_spec(write_spec(tmp_path, "[sft]\nmax_steps = 1\nlearning_rate = 3e-2\n" + FAST))
+    fmt = Formatter.from_spec(spec)
+    trainer = build_sft_trainer(spec, "joint", fmt.examples(records()[:4], "joint"), [], tmp_path / "out")
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    tok = trainer.processing_class
+    trained = logits(trainer.model, tok)
+    reloaded = logits(load_adapter(tiny_model(), tmp_path / "adapter"), tok)
+    base = logits(AutoModelForCausalLM.from_pretrained(tiny_model()), tok)
+    assert torch.allclose(trained, reloaded, atol=1e-5)
+    assert not torch.allclose(trained, base, atol=1e-3)  # the adapter does something
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(joint):
+    spec, _ = joint
+    more = load_spec(spec.path, ["max_steps=11"])
+    (summary,) = train_sft(more)
+    assert summary["resumed_from"].endswith("checkpoint-10")
+    assert summary["steps"] == 11
+    assert [r["step"] for r in summary["evaluation"]["checkpoints"]] == [5, 10, 11]
+
+
+def test_continued_training_starts_from_the_given_adapter(joint, tmp_path):
+    spec, _ = joint
+    start = spec.resolve("out/joint")
+    given = load_file(start / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in given.items())  # not a fresh LoRA
+    # Learning rate 0: whatever the run saves is exactly what it started from.
+    path = write_spec(
+        tmp_path, f"[sft]\ninit_adapter = '{start}'\nmax_steps = 1\nlearning_rate = 0.0\n" + FAST
+    )
+    (summary,) = train_sft(load_spec(path))
+    continued = load_file(tmp_path / "out" / "sft" / "adapter_model.safetensors")
+    assert continued.keys() == given.keys()
+    assert all(torch.equal(continued[k], given[k]) for k in given)
+    assert summary["init_adapter"] == str(start)
+
+
+def test_training_refuses_test_set_overlap_before_loading_a_model(tmp_path):
+    path = write_spec(tmp_path, f"[test_set]\nfiles = ['{TEST_SET}']\n[sft]\nmax_steps = 1\n")
+    with pytest.raises(SpecError, match=r"test_set: 1 training record\(s\) overlap the test set"):
+        train_sft(load_spec(path))
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_gives_the_logits_of_base_plus_adapter(joint, tmp_path):
+    spec, _ = joint
+    adapter = spec.resolve("out/joint")
+    merged = merge_adapter(adapter, tmp_path / "merged")
+    tok = AutoTokenizer.from_pretrained(merged)
+    assert (merged / "config.json").is_file() and not (merged / "adapter_config.json").exists()
+    expected = logits(load_adapter(tiny_model(), adapter), tok)
+    got = logits(AutoModelForCausalLM.from_pretrained(merged), tok)
+    assert torch.allclose(expected, got, atol=1e-4)
+    with pytest.raises(SpecError, match="not empty"):
+        merge_adapter(adapter, tmp_path / "merged")

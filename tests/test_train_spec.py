@@ -1,0 +1,218 @@
+"""The train spec (validation, --set overrides) and the record -> example conversion, without training."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import orjson
+import pytest
+
+from engine.errors import SpecError
+from tests.train_helpers import RECORDS, TEST_SET, records
+from trainers.cli import main as train_main
+from trainers.data import Formatter, export_dpo, export_sft, read_jsonl, read_sources
+from trainers.fit import trl_config
+from trainers.guard import check_test_overlap
+from trainers.pairs import build_pairs
+from trainers.spec import TRAINER_DEFAULTS, load_spec
+
+
+def spec_file(tmp_path, text: str = ""):
+    path = tmp_path / "train.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("bogus = 1\n", "bogus: unknown key"),
+        ("[lora]\nalpah = 4\n", "lora.alpah: unknown key; did you mean 'alpha'?"),
+        ("[lora]\nzzz = 4\n", "lora.zzz: unknown key; known: r, alpha, dropout, target_modules, qlora"),
+        ("[sft]\nmax_stepz = 4\n", "sft.max_stepz: unknown key; did you mean 'max_steps'?"),
+        ("[sft]\nmode = 'both'\n", "sft.mode: Input should be 'joint' or 'split'"),
+        ("[lora]\nr = 'eight'\n", "lora.r: Input should be a valid integer"),
+        ("[data]\nvalidation_fraction = 1.5\n", "data.validation_fraction: Input should be less than 1"),
+        ("[data\n", "invalid TOML"),
+    ],
+)
+def test_bad_spec_fails_with_one_line_naming_file_and_key(tmp_path, text, expected):
+    path = spec_file(tmp_path, text)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_missing_spec_file(tmp_path):
+    with pytest.raises(SpecError, match="train spec not found"):
+        load_spec(tmp_path / "nope.toml")
+
+
+def test_set_overrides_bare_dotted_and_typed_values(tmp_path):
+    path = spec_file(tmp_path, "[sft]\nmax_steps = 100\n[lora]\nr = 16\n")
+    spec = load_spec(
+        path,
+        [
+            "max_steps=2",  # a TRL key: goes to the command's table
+            "output_dir=out/try",  # not a TOML literal: kept as a string
+            "lora.r=4",
+            'data.train=["a.jsonl", "b.jsonl"]',
+            "seed=7",
+            "learning_rate=1e-3",
+        ],
+    )
+    assert spec.sft.max_steps == 2
+    assert spec.sft.output_dir == "out/try"
+    assert spec.resolve(spec.sft.output_dir) == (tmp_path / "out" / "try").resolve()
+    assert spec.lora.r == 4
+    assert spec.data.train == ["a.jsonl", "b.jsonl"]
+    args = spec.trainer_args("sft")
+    assert args["max_steps"] == 2 and args["learning_rate"] == 1e-3 and args["seed"] == 7
+    assert args["report_to"] == TRAINER_DEFAULTS["report_to"]
+
+
+def test_set_goes_to_the_dpo_table_for_dpo(tmp_path):
+    spec = load_spec(spec_file(tmp_path), ["beta=0.3", "loss_type=['ipo']"], command="dpo")
+    assert spec.trainer_args("dpo")["beta"] == 0.3
+    assert spec.trainer_args("dpo")["loss_type"] == ["ipo"]
+    assert "beta" not in spec.trainer_args("sft")
+
+
+def test_set_bad_syntax_and_bad_value(tmp_path):
+    with pytest.raises(SpecError, match="expected key=value"):
+        load_spec(spec_file(tmp_path), ["max_steps"])
+    with pytest.raises(SpecError, match="lora.r: Input should be a valid integer"):
+        load_spec(spec_file(tmp_path), ["lora.r=abc"])
+
+
+def test_trl_rejection_becomes_one_line(tmp_path):
+    from trl import SFTConfig
+
+    spec = load_spec(spec_file(tmp_path), ["lr_scheduler_type='nope'"])
+    with pytest.raises(SpecError) as err:
+        trl_config(spec, "sft", SFTConfig, tmp_path / "out")
+    assert str(err.value).startswith(f"{spec.path}: [sft]: ") and "\n" not in str(err.value)
+
+
+def test_cli_reports_bad_spec_on_one_line(tmp_path, capsys):
+    path = spec_file(tmp_path, "[sft]\nmax_stepz = 4\n")
+    assert train_main(["sft", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {path}: sft.max_stepz: unknown key; did you mean 'max_steps'?"
+
+
+def formatter(tmp_path, text: str = "") -> Formatter:
+    return Formatter.from_spec(load_spec(spec_file(tmp_path, text)))
+
+
+def test_joint_example_is_conversational_prompt_completion_with_reason_first(tmp_path):
+    record = records()[0]
+    example = formatter(tmp_path).example(record, "joint")
+    assert [m["role"] for m in example["prompt"]] == ["system", "user"]
+    assert [m["role"] for m in example["completion"]] == ["assistant"]
+    assert record["feature_content"] in example["prompt"][1]["content"]
+    answer = json.loads(example["completion"][0]["content"])
+    assert list(answer) == ["reason", "diseases"]
+    assert answer == {"reason": record["reason"], "diseases": record["diseases"]}
+
+
+def test_answer_order_and_field_names_are_options(tmp_path):
+    record = {"id": 1, "text": "病历", "dx": ["感冒"], "why": ["咳嗽"]}
+    fmt = formatter(
+        tmp_path,
+        "[data]\nreason_first = false\ninput_field = 'text'\nlabel_field = 'dx'\nreason_field = 'why'\n",
+    )
+    assert list(json.loads(fmt.answer(record, "joint"))) == ["dx", "why"]
+    assert json.loads(fmt.answer(record, "diseases")) == {"dx": ["感冒"]}
+    assert json.loads(fmt.answer(record, "reasons")) == {"why": ["咳嗽"]}
+    assert "感冒" in fmt.prompt(record, "reasons")[1]["content"]
+    assert "病历" in fmt.prompt(record, "joint")[1]["content"]
+
+
+def test_demos_appear_in_the_prompt_but_never_the_record_itself(tmp_path):
+    fmt = formatter(tmp_path, f'[data]\ndemos = "{RECORDS}"\nnum_demos = 2\n')
+    first, second, third = records()[:3]
+    user = fmt.prompt(third, "joint")[1]["content"]
+    assert first["feature_content"] in user and second["feature_content"] in user
+    own = fmt.prompt(first, "joint")[1]["content"]
+    assert own.count(first["feature_content"]) == 1 and second["feature_content"] in own
+
+
+def test_missing_field_names_the_record(tmp_path):
+    with pytest.raises(SpecError, match=r"record 9: missing field 'diseases'"):
+        formatter(tmp_path).examples([{"id": 9, "feature_content": "x", "reason": []}], "joint")
+
+
+def test_stage_source_reads_kept_shards_and_skips_a_torn_line(tmp_path):
+    run = tmp_path / "run"
+    kept = run / "results" / "answer" / "kept"
+    kept.mkdir(parents=True)
+    (run / "spec.toml").write_text('[run]\nname = "x"\nout = "results"\n')
+    (kept / "shard-00000.jsonl").write_bytes(RECORDS.read_bytes()[:-1] + b'\n{"id": 99, "feat')
+    spec = load_spec(spec_file(tmp_path), ["data.train=['run/spec.toml:answer']"])
+    got = read_sources(spec, spec.data.train, "data.train")
+    assert [r["id"] for r in got] == [r["id"] for r in records()]
+    with pytest.raises(
+        SpecError, match="'run/spec.toml:other' matches no JSONL file; run `python -m engine run"
+    ):
+        read_sources(spec, ["run/spec.toml:other"], "data.train")
+
+
+def test_test_set_overlap_refuses_unless_forced(tmp_path):
+    spec = load_spec(spec_file(tmp_path, f'[test_set]\nfiles = ["{TEST_SET}"]\n'))
+    expected = r"test_set: 1 training record\(s\) overlap .* id 3: exact copy in .*'t2'\); "
+    with pytest.raises(SpecError, match=expected):
+        check_test_overlap(spec, records())
+    forced = load_spec(spec_file(tmp_path, f'force = true\n[test_set]\nfiles = ["{TEST_SET}"]\n'))
+    assert [r["id"] for r in check_test_overlap(forced, records())] == [3]
+
+
+def test_a_lightly_edited_test_record_counts_as_overlap(tmp_path):
+    text = records()[4]["feature_content"]
+    edited = {"id": "t9", "feature_content": text + "，无发热"}
+    (tmp_path / "test.jsonl").write_text(json.dumps(edited, ensure_ascii=False) + "\n")
+    spec = load_spec(spec_file(tmp_path, '[test_set]\nfiles = ["test.jsonl"]\n'))
+    with pytest.raises(SpecError, match=r"id 5: ngram overlap"):
+        check_test_overlap(spec, records())
+
+
+def test_build_pairs_joins_by_id_and_drops_agreeing_answers(tmp_path):
+    teacher = records()[:4]
+    student = [
+        {**teacher[0], "diseases": list(reversed(teacher[0]["diseases"])), "reason": ["别的"]},  # agrees
+        {**teacher[1], "diseases": ["感冒"], "reason": ["咳嗽"]},
+        {**teacher[2], "diseases": ["胃炎"], "reason": ["腹痛"]},
+        # teacher[3] has no student answer
+    ]
+    fmt = formatter(tmp_path)
+    pairs = build_pairs(teacher, list(reversed(student)), fmt)
+    assert [p["id"] for p in pairs] == [2, 3]
+    assert json.loads(pairs[0]["chosen"][0]["content"])["diseases"] == teacher[1]["diseases"]
+    assert json.loads(pairs[0]["rejected"][0]["content"])["diseases"] == ["感冒"]
+    assert pairs[0]["prompt"] == fmt.prompt(teacher[1], "joint")
+    assert len(build_pairs(teacher, student, fmt, agree_on="answer")) == 3
+
+
+def test_exports_for_engine_export():
+    out = io.BytesIO()
+    assert export_sft(records()[:2], out) == 2
+    first = orjson.loads(out.getvalue().splitlines()[0])
+    assert first["id"] == 1 and first["completion"][0]["role"] == "assistant"
+    stage_record = {
+        **records()[0],
+        "chosen": {"reason": ["a"], "diseases": ["b"]},
+        "rejected": {"reason": ["c"], "diseases": ["d"]},
+    }
+    out = io.BytesIO()
+    assert export_dpo([stage_record], out) == 1
+    pair = orjson.loads(out.getvalue())
+    assert json.loads(pair["rejected"][0]["content"]) == {"reason": ["c"], "diseases": ["d"]}
+    assert pair["prompt"][1]["content"].count(records()[0]["feature_content"]) == 1
+
+
+def test_fixture_records_are_what_the_tests_assume():
+    assert len(read_jsonl(RECORDS)) == 8

@@ -1,0 +1,87 @@
+"""`train sft|dpo|merge` commands: `add_train_commands` plugs them into `python -m engine`; this module
+also runs on its own as `python -m trainers.cli sft SPEC` (and under `accelerate launch -m ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.errors import SpecError
+
+
+def _add_subcommands(sub: Any) -> None:
+    for name, help_text in (
+        ("sft", "LoRA SFT on engine answer records (joint or split mode)"),
+        ("dpo", "DPO from the SFT adapter on teacher/student preference pairs"),
+    ):
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("spec", type=Path, help="train spec (TOML); see docs/train.md")
+        cmd.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override a spec field (TOML literal; dotted keys; bare TRL keys go to [sft]/[dpo])",
+        )  # fmt: skip
+        cmd.set_defaults(func=run_train, train_command=name)
+    merge = sub.add_parser("merge", help="merge an adapter into its base model (for vLLM serving)")
+    merge.add_argument("adapter_dir", type=Path)
+    merge.add_argument("-o", "--output", type=Path, required=True, help="new folder for the merged model")
+    merge.add_argument(
+        "--base", default=None, help="base model folder (default: the one the adapter records)"
+    )
+    merge.set_defaults(func=run_train, train_command="merge")
+
+
+def add_train_commands(subparsers: Any) -> None:
+    """Register `train sft|dpo|merge` under an argparse sub-parser collection (handler: `args.func`)."""
+    train = subparsers.add_parser("train", help="train adapters with TRL (sft, dpo) or merge one")
+    _add_subcommands(train.add_subparsers(dest="train_command", required=True))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    # Heavy imports here, so `python -m engine --help` stays fast.
+    from trainers.fit import describe
+
+    log = logging.getLogger("trainers")
+    if not log.handlers:  # resume points and dropped examples are worth seeing on the terminal
+        log.addHandler(logging.StreamHandler())
+        log.setLevel(logging.INFO)
+
+    if args.train_command == "merge":
+        from trainers.merge import merge_adapter
+
+        print(f"merged model written to {merge_adapter(args.adapter_dir, args.output, args.base)}")
+        return 0
+    from accelerate import PartialState
+
+    from trainers.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides, args.train_command)
+    if args.train_command == "sft":
+        from trainers.sft import train_sft
+
+        summaries = train_sft(spec)
+    else:
+        from trainers.dpo import train_dpo
+
+        summaries = [train_dpo(spec)]
+    if PartialState().is_main_process:
+        for summary in summaries:
+            print(describe(summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainers.cli", description=__doc__)
+    _add_subcommands(parser.add_subparsers(dest="train_command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""DPO with TRL's DPOTrainer, starting from the SFT adapter (`[dpo] init_adapter`).
+
+Reference model: when the policy is a PeftModel loaded from an adapter, TRL 1.x adds a frozen copy of
+that adapter named "ref" and computes reference log-probs through it (dpo_trainer.py, "create a 'ref'
+adapter that is a copy of the 'default' adapter"), so the SFT adapter is both the start and the
+reference. Without init_adapter a fresh LoRA is trained and the reference is the base model (adapter
+disabled). `beta`, `loss_type` and every other DPOConfig field pass through from the `[dpo]` table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer
+
+from engine.types import Record
+from trainers.checkpoints import load_hook
+from trainers.data import Formatter, read_sources, split_validation
+from trainers.fit import check_kept, fit, trl_config
+from trainers.guard import check_test_overlap
+from trainers.modeling import base_folder, load_for_training, load_tokenizer
+from trainers.pairs import pair_from_record, read_pairs
+from trainers.spec import TrainSpec
+
+
+def build_dpo_trainer(
+    spec: TrainSpec, train: list[dict[str, Any]], evaluation: list[dict[str, Any]], out: Path
+) -> DPOTrainer:
+    init = spec.resolve(spec.dpo.init_adapter) if spec.dpo.init_adapter else None
+    model, peft_config = load_for_training(spec, init)
+    trainer = DPOTrainer(
+        model=model,
+        args=trl_config(spec, "dpo", DPOConfig, out),
+        train_dataset=Dataset.from_list(train),
+        eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
+        processing_class=load_tokenizer(base_folder(spec)),
+        peft_config=peft_config,
+    )
+    check_kept(spec, "dpo", len(train), trainer)
+    return trainer
+
+
+def _split_pairs(
+    spec: TrainSpec, pairs: list[Record], formatter: Formatter
+) -> tuple[list[Record], list[Record]]:
+    """data.validation files hold pairs too; without them a share of the pairs is held out."""
+    if spec.data.validation:
+        held = read_sources(spec, spec.data.validation, "data.validation")
+        return pairs, [pair_from_record(r, formatter) for r in held]
+    return split_validation(spec, pairs)
+
+
+def train_dpo(spec: TrainSpec) -> dict[str, Any]:
+    """Build or read the pairs, check them against the test set, train; returns the summary."""
+    load_hook(spec.eval.hook)  # a typo in the hook name should fail now, not after training
+    formatter = Formatter.from_spec(spec)
+    pairs, source_records = read_pairs(spec, formatter)
+    check_test_overlap(spec, source_records)
+    train, validation = _split_pairs(spec, pairs, formatter)
+    out = spec.resolve(spec.dpo.output_dir)
+    trainer = build_dpo_trainer(spec, train, validation, out)
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        Dataset.from_list(pairs).to_json(out / "pairs.jsonl", force_ascii=False)
+    return fit(
+        trainer,
+        out,
+        spec,
+        validation,
+        kind="dpo",
+        task="joint",
+        base_model=str(base_folder(spec)),
+        init_adapter=spec.dpo.init_adapter,
+        records={"pairs": len(pairs), "train": len(train), "validation": len(validation)},
+    )

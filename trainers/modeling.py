@@ -1,0 +1,86 @@
+"""Loading the base model, tokenizer and LoRA/QLoRA setup a training run starts from.
+
+Returns either a plain model plus a LoraConfig (TRL wraps it) or, when the spec continues from an
+adapter, a PeftModel loaded trainable (TRL trains it as is; DPO copies it as its reference).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from engine.errors import SpecError
+from trainers.base_model import resolve_base_model
+from trainers.spec import TrainSpec
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def lora_config(spec: TrainSpec) -> LoraConfig:
+    lora = spec.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def base_folder(spec: TrainSpec) -> Path:
+    return resolve_base_model(spec.resolve(spec.base_model) if spec.base_model else "")
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _quantization(spec: TrainSpec) -> dict[str, Any]:
+    if not spec.lora.qlora:
+        return {}
+    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+        raise spec.fail(
+            "lora.qlora", "QLoRA needs a CUDA GPU and `pip install bitsandbytes`; set it to false"
+        )
+    from accelerate import PartialState
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+    # Each accelerate rank keeps its own quantized copy on its own GPU.
+    return {"quantization_config": config, "device_map": {"": PartialState().local_process_index}}
+
+
+def load_for_training(spec: TrainSpec, init_adapter: Path | None) -> tuple[Any, LoraConfig | None]:
+    """(model, peft_config): a fresh LoRA config, or a trainable PeftModel continuing `init_adapter`."""
+    folder = base_folder(spec)
+    kwargs: dict[str, Any] = {"dtype": DTYPES.get(spec.dtype, "auto"), **_quantization(spec)}
+    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if init_adapter is None:
+        return model, lora_config(spec)
+    if not (init_adapter / "adapter_config.json").is_file():
+        raise SpecError(
+            f"{spec.path}: init_adapter {str(init_adapter)!r}: no adapter_config.json there; "
+            "train that adapter first, or fix the path (relative to the spec)"
+        )
+    return PeftModel.from_pretrained(model, init_adapter, is_trainable=True), None
+
+
+def load_adapter(base: str | Path, adapter: str | Path, dtype: str = "auto") -> Any:
+    """Base + adapter for inference (eval mode); `base` "" means the bundled model."""
+    folder = resolve_base_model(base)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES.get(dtype, "auto"))
+    return PeftModel.from_pretrained(model, adapter).eval()
