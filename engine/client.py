@@ -135,7 +135,8 @@ class LLMClient:
         """One cheap request before fan-out; raises Fatal(stop_run=True) with a one-line reason."""
         for attempt in range(1, PREFLIGHT_ATTEMPTS + 1):
             try:
-                await self.provider.preflight()
+                async with self.limiter.slot(1):  # the probe counts against the server's RPM too
+                    await self.provider.preflight()
                 return
             except RateLimited:
                 return  # the endpoint answered: key and model are fine, the limiter deals with 429s

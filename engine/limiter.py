@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 
 from engine.providers.base import ProviderConfig
@@ -64,6 +65,30 @@ class TokenBucket:
         self.level = min(self.level, 0.0)
 
 
+class MinuteCap:
+    """At most `limit` requests in any `span_s` seconds, as a server counting per minute sees them.
+
+    The bucket alone lets its burst through on top of `rpm` in the first minute (and after any idle
+    spell), which a sliding-window server answers with 429s."""
+
+    def __init__(self, limit: float, span_s: float = 61.0):
+        self.limit = max(1, int(limit))
+        self.span_s = span_s
+        self.sent: deque[float] = deque()
+        self._lock = asyncio.Lock()
+
+    async def take(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                while self.sent and self.sent[0] <= now - self.span_s:
+                    self.sent.popleft()
+                if len(self.sent) < self.limit:
+                    break
+                await asyncio.sleep(self.sent[0] + self.span_s - now)
+            self.sent.append(time.monotonic())
+
+
 class Window:
     """A concurrency limit whose size can change while requests wait."""
 
@@ -99,6 +124,7 @@ class Limiter:
         latency_factor: float = LATENCY_FACTOR,
     ):
         self.requests = TokenBucket(rpm, burst_s) if rpm else None
+        self.minute = MinuteCap(rpm) if rpm else None
         self.tokens = TokenBucket(tpm, burst_s) if tpm else None
         self.window = Window(max_concurrency)
         self.default_pause_s = default_pause_s
@@ -123,6 +149,8 @@ class Limiter:
                 await asyncio.sleep(wait)
             if self.requests:
                 await self.requests.take(1)
+            if self.minute:
+                await self.minute.take()
             if self.tokens:
                 await self.tokens.take(estimated_tokens)
             yield
