@@ -11,7 +11,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rapidfuzz import fuzz
 from rapidfuzz.distance import LCSseq
-from scipy.optimize import linear_sum_assignment
 
 from evals.normalize import canonical, normalize_disease, normalize_point
 from evals.submission import Answer
@@ -102,6 +101,8 @@ def match_one_to_one(
     scores = np.array([[similarity(p, r) for r in references] for p in predictions])
     passing = np.where(scores >= threshold, scores, 0.0)
     if method == "hungarian":
+        from scipy.optimize import linear_sum_assignment  # only Hungarian matching needs scipy
+
         rows, cols = linear_sum_assignment(passing, maximize=True)
         return [
             (int(i), int(j), float(passing[i, j]))
