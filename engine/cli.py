@@ -19,6 +19,7 @@ PLUGINS = [
     ("evals.cli", "add_eval_command"),
     ("trainers.cli", "add_train_commands"),
     ("trainers.first.cli", "add_distill_commands"),
+    ("sources.cli", "add_commands"),
 ]
 STANDALONE_FILTERS = ("dedupe", "leakage")
 EXPORTERS = {

@@ -16,6 +16,7 @@ BUILTIN = {
     "self_instruct": "generators.medical.self_instruct",
     "preference_pairs": "generators.medical.preference_pairs",
     "predict": "generators.medical.predict",
+    "rewrite_record": "generators.medical.rewrite_record",
 }
 
 
