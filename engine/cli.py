@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--stage", required=True)
     export.add_argument("--format", default="jsonl", choices=["jsonl", *EXPORTERS])
     export.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
+    export.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an exporter option, e.g. `--set reason_separator=newline --set disease_numbering=false`",
+    )
     export.set_defaults(handler=cmd_export)
 
     replay = sub.add_parser(
@@ -173,11 +180,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         module, function = EXPORTERS[args.format].split(":")
         write = getattr(importlib.import_module(module), function)
+    options = _options(args.set)
+    if options and args.format == "jsonl":
+        raise SpecError("export --format jsonl takes no --set options")
     if args.output is None:
-        count = write(records, sys.stdout.buffer)
+        count = write(records, sys.stdout.buffer, **options)
     else:
         with atomic_output(args.output) as out:
-            count = write(records, out)
+            count = write(records, out, **options)
     print(f"wrote {count} records ({args.format}) to {args.output or 'stdout'}", file=sys.stderr)
     return 0
 
@@ -210,6 +220,22 @@ def cmd_note(argv: list[str]) -> int:
     run = history.note(args.dir, args.name, args.score, args.text)
     print(f"noted {run.name}: {run.notes}")
     return 0
+
+
+def _options(pairs: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs; a value is read as a TOML literal (true, 3, "x"), else kept as text."""
+    import tomllib
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            options[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key] = value
+    return options
 
 
 def _write_jsonl(records: Any, out: Any) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.errors import SpecError
 from evals.normalize import LITERAL_NEWLINE, as_items, split_diseases, split_reason
@@ -158,11 +158,17 @@ def dumps_submission_line(record: dict[str, Any], fmt: SubmissionFormat | None =
 
 
 def export_submission(
-    records: Iterable[dict[str, Any]], out: BinaryIO, fmt: SubmissionFormat | None = None
+    records: Iterable[dict[str, Any]], out: BinaryIO, fmt: SubmissionFormat | None = None, **options: Any
 ) -> int:
     """Write records as official submission lines to a binary file; returns the number of lines.
-    This is `python -m engine export --format submission`."""
-    fmt = fmt or SubmissionFormat()
+    This is `python -m engine export --format submission [--set reason_separator=newline ...]`:
+    `options` are SubmissionFormat fields."""
+    if fmt is None:
+        try:
+            fmt = SubmissionFormat(**options)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise SpecError(f"submission option {'.'.join(map(str, error['loc']))}: {error['msg']}") from None
     count = 0
     for where, record in _records(records):
         out.write((_submission_line(where, _to_answer(where, record), fmt) + "\n").encode("utf-8"))
