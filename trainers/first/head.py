@@ -85,11 +85,13 @@ class _VocabStats(torch.autograd.Function):
         h_, w_ = h.to(dt), weight.to(dt)
         pre = F.linear(h_, w_, None if bias is None else bias.to(dt))
         logits = ctx.head(pre)
-        grad = torch.zeros_like(logits)
+        grad = torch.exp(logits - lse[:, None]).mul_(g_lse[:, None]) if g_lse is not None else None
         if g_rest is not None and ctx.tail:  # d rest / d logits = softmax over the tokens outside the top-k
-            grad = torch.exp(logits - rest[:, None]).scatter_(1, own, 0.0).mul_(g_rest[:, None])
-        if g_lse is not None:
-            grad.add_(torch.exp(logits - lse[:, None]).mul_(g_lse[:, None]))
+            # in place: logits are not needed after this; the head's backward reads `pre` only when
+            # soft-capping, and then `logits` is a separate tensor
+            rest_grad = logits.sub_(rest[:, None]).exp_().scatter_(1, own, 0.0).mul_(g_rest[:, None])
+            grad = rest_grad if grad is None else grad.add_(rest_grad)
+        grad = torch.zeros_like(logits) if grad is None else grad
         if g_z is not None:
             grad.scatter_add_(1, ids, g_z.to(grad.dtype))
         if g_gold is not None and gold is not None:
