@@ -4,6 +4,8 @@ student with the same tokenizer learns from it; refusals of stores that do not f
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -147,3 +149,50 @@ def test_records_that_do_not_match_the_scored_tokens_are_refused(pair, tmp_path)
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     with pytest.raises(SpecError, match="match the stored teacher tokens"):
         train_first(config(pair, "changed", records=str(path), c=None))
+
+
+def test_engine_train_first_reads_a_spec_and_its_overrides(pair, tmp_path):
+    spec = tmp_path / "train.toml"
+    spec.write_text(
+        f"""[first]
+model = "{pair.student}"
+store = "{pair.store}"
+records = "{pair.train_file}"
+output_dir = "out/first"
+c = 0.5
+
+[first.lora]
+r = 4
+alpha = 8
+
+[first.sft]
+per_device_train_batch_size = 4
+max_steps = 5
+save_strategy = "no"
+use_cpu = true
+"""
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "train", "first", str(spec), "--set", "sft.max_steps=1"],
+        cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "first" / "first_summary.json").read_text())
+    assert summary["c"] == 0.5 and (tmp_path / "out" / "first" / "adapter_config.json").exists()
+    trained = len(PAIRS.read_text().splitlines()) - HELD_OUT
+    assert summary["train"]["epoch"] == pytest.approx(4 / trained)  # one step: --set beat max_steps = 5
+
+
+def test_engine_train_first_names_an_unknown_key(tmp_path):
+    spec = tmp_path / "train.toml"
+    spec.write_text(
+        '[first]\nmodel = "m"\nstore = "s"\nrecords = "r"\noutput_dir = "o"\ntail_buckett = true\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "train", "first", str(spec)],
+        cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert (
+        proc.returncode == 2
+        and "first.tail_buckett: unknown key (did you mean 'tail_bucket'?)" in proc.stderr
+    )

@@ -24,6 +24,10 @@ def _add_subcommands(sub: Any) -> None:
             help="override a spec field (TOML literal; dotted keys; bare TRL keys go to [sft]/[dpo])",
         )  # fmt: skip
         cmd.set_defaults(func=run_train, train_command=name)
+    first = sub.add_parser("first", help="FIRST top-k logit distillation from a teacher's top-k store")
+    first.add_argument("spec", type=Path, help="train spec with a [first] table; see docs/first.md")
+    first.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    first.set_defaults(func=run_train, train_command="first")
     merge = sub.add_parser("merge", help="merge an adapter into its base model (for vLLM serving)")
     merge.add_argument("adapter_dir", type=Path)
     merge.add_argument("-o", "--output", type=Path, required=True, help="new folder for the merged model")
@@ -35,7 +39,7 @@ def _add_subcommands(sub: Any) -> None:
 
 def add_train_commands(subparsers: Any) -> None:
     """Register `train sft|dpo|merge` under an argparse sub-parser collection (handler: `args.func`)."""
-    train = subparsers.add_parser("train", help="train adapters with TRL (sft, dpo) or merge one")
+    train = subparsers.add_parser("train", help="train adapters with TRL (sft, dpo, first) or merge one")
     _add_subcommands(train.add_subparsers(dest="train_command", required=True))
 
 
@@ -52,6 +56,13 @@ def run_train(args: argparse.Namespace) -> int:
         from trainers.merge import merge_adapter
 
         print(f"merged model written to {merge_adapter(args.adapter_dir, args.output, args.base)}")
+        return 0
+    if args.train_command == "first":
+        from trainers.first.spec import load_first_config
+        from trainers.first.trainer import train_first
+
+        trainer = train_first(load_first_config(args.spec, args.overrides))
+        print(f"FIRST adapter written to {trainer.args.output_dir}")
         return 0
     from accelerate import PartialState
 
