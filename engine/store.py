@@ -116,19 +116,31 @@ def _scan(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             offset += len(line)
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Stream records of a JSONL file; a bad line raises one clear error naming file and line."""
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
+def numbered_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for every non-blank line of a JSONL file; a file that cannot be opened or a
+    bad line raises one clear SpecError naming the file and line."""
+    path = Path(path)
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot open ({exc.strerror}); check the path") from None
+    with handle:
+        for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                raise SpecError(f"{path}:{number}: not valid JSON ({exc})") from None
+                raise SpecError(f"{path}:{number}: not valid JSON ({exc}); fix or remove that line") from None
             if not isinstance(record, dict):
-                raise SpecError(f"{path}:{number}: expected a JSON object per line")
-            yield record
+                raise SpecError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            yield number, record
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Stream the records of a JSONL file (errors as in `numbered_jsonl`)."""
+    for _, record in numbered_jsonl(path):
+        yield record
 
 
 def stage_files(stage_dir: Path, outcome: str) -> list[Path]:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.errors import SpecError
+from engine.store import numbered_jsonl
 from evals.normalize import LITERAL_NEWLINE, as_items, split_diseases, split_reason
 
 SUBMISSION_KEYS = ("id", "reason", "diseases", "feature_content")
@@ -58,22 +58,8 @@ class SubmissionFormat(BaseModel):
 def _records(source: str | Path | Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, record) pairs; `where` is `file:line` or `records[i]` for error messages."""
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        try:
-            handle = path.open("rb")
-        except OSError as err:
-            raise SpecError(f"{path}: cannot read answers ({err.strerror})") from err
-        with handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError as err:
-                    raise SpecError(f"{path}:{number}: not a JSON line ({err})") from err
-                if not isinstance(record, dict):
-                    raise SpecError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-                yield f"{path}:{number}", record
+        for number, record in numbered_jsonl(source):
+            yield f"{source}:{number}", record
     else:
         for index, record in enumerate(source):
             if not isinstance(record, dict):

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from engine.errors import SpecError
+from engine.store import numbered_jsonl as read_jsonl  # (line number, record), one error per bad line
 
 _MISSING = object()
 
@@ -59,26 +60,6 @@ def resolve(path: str | Path, base_dir: Any = None) -> Path:
     if not p.is_absolute() and base_dir is not None:
         p = Path(base_dir) / p
     return p
-
-
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) for every non-blank line; a bad line raises SpecError naming file:line."""
-    p = Path(path)
-    try:
-        fh = p.open("rb")
-    except OSError as exc:
-        raise SpecError(f"{p}: cannot open ({exc.strerror}); check the path") from None
-    with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise SpecError(f"{p}:{lineno}: not valid JSON ({exc}); fix or remove that line") from None
-            if not isinstance(record, dict):
-                raise SpecError(f"{p}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield lineno, record
 
 
 def jsonl_texts(path: str | Path, fields: Iterable[str]) -> Iterator[tuple[Any, str]]:

@@ -53,7 +53,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["eval", str(FIXTURE), "--grounding-threshold", "1.5"]) == 2
     assert capsys.readouterr().err.startswith("eval: --grounding-threshold: ")
     assert main(["eval", str(tmp_path / "absent.jsonl")]) == 2
-    assert "absent.jsonl: cannot read answers" in capsys.readouterr().err
+    assert "absent.jsonl: cannot open" in capsys.readouterr().err
 
 
 def test_registers_on_a_parent_parser():
