@@ -15,7 +15,6 @@ import pytest
 
 from tests.engine_helpers import ROOT, engine, outcomes, read_lines, write_spec
 
-
 CHAINED = """
 [[stages]]
 name = "first"
