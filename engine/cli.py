@@ -251,6 +251,8 @@ def _add_usage(manifest: dict[str, Any], out_dir: Path) -> None:
     from engine.store import read_manifests
 
     for name, provider in manifest["providers"].items():
+        for key in [k for k, v in provider.items() if isinstance(v, int | float)]:
+            del provider[key]  # counted below, once per shard's manifest
         for saved in read_manifests(out_dir):
             for key, value in saved.get("providers", {}).get(name, {}).items():
                 if isinstance(value, int | float) and key != "window":
