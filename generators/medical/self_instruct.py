@@ -18,6 +18,7 @@ import orjson
 from pydantic import Field, model_validator
 
 from engine.errors import SpecError
+from engine.store import numbered_jsonl
 from engine.types import ChatRequest, Record, WorkItem
 from generators.base import LLM, Generator, GeneratorConfig, register
 from generators.medical.common import SEED_STRIDE, answer_stats
@@ -65,20 +66,8 @@ class SelfInstructConfig(GeneratorConfig):
 def read_pool(paths: list[Path]) -> list[Record]:
     pool = []
     for path in paths:
-        try:
-            lines = path.read_bytes().splitlines()
-        except OSError as exc:
-            raise SpecError(
-                f"self-instruct pool {path}: cannot read ({exc.strerror}); check `pool`"
-            ) from None
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise SpecError(f"{path}:{number}: not valid JSON ({exc})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(INPUT), str):
+        for number, record in numbered_jsonl(path):
+            if not isinstance(record.get(INPUT), str):
                 raise SpecError(f"{path}:{number}: pool record needs a {INPUT!r} text")
             pool.append({"id": record.get("id", f"{path.name}:{number}"), INPUT: record[INPUT]})
     if not pool:

