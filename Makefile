@@ -3,7 +3,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements-extra.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install system-deps demo test lint bench clean
+
+# Debian packages the tests need (CI runs as root on Debian). Installed only when missing; elsewhere the
+# tests that need them skip and say why.
+APT_PACKAGES := redis-server chromium chromium-driver
 
 install: $(STAMP)
 
@@ -25,7 +29,16 @@ demo: install
 	$(PY) -m engine export runs/demo/spec.toml --stage label_reasons --format submission -o runs/demo/out/submission.jsonl
 	$(PY) -m engine train sft runs/demo/train.toml
 
-test: install
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing \
+			|| echo "apt-get could not install $$missing: the tests that need them will skip"; \
+	else echo "not root or no apt-get: $$missing not installed; the tests that need them will skip"; fi
+
+test: install system-deps
 	$(PY) -m pip install -q "llama-cpp-python[server]==0.3.36" || echo "llama-cpp-python did not build: its test will skip"
 	$(PY) -m pytest -q
 

@@ -167,6 +167,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from engine.overrides import parse_overrides
     from engine.store import atomic_output, read_outcome
 
     loaded = _load(args.spec)
@@ -180,7 +181,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         module, function = EXPORTERS[args.format].split(":")
         write = getattr(importlib.import_module(module), function)
-    options = _options(args.set)
+    options = parse_overrides(args.set)
     if options and args.format == "jsonl":
         raise SpecError("export --format jsonl takes no --set options")
     if args.output is None:
@@ -220,22 +221,6 @@ def cmd_note(argv: list[str]) -> int:
     run = history.note(args.dir, args.name, args.score, args.text)
     print(f"noted {run.name}: {run.notes}")
     return 0
-
-
-def _options(pairs: list[str]) -> dict[str, Any]:
-    """`KEY=VALUE` pairs; a value is read as a TOML literal (true, 3, "x"), else kept as text."""
-    import tomllib
-
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SpecError(f"--set {pair!r}: expected KEY=VALUE")
-        try:
-            options[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            options[key] = value
-    return options
 
 
 def _write_jsonl(records: Any, out: Any) -> int:

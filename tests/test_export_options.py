@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import _options
 from engine.errors import SpecError
+from engine.overrides import parse_overrides
 from evals.submission import export_submission, read_submission
 from tests.engine_helpers import engine, write_spec
 
@@ -55,7 +55,7 @@ def test_variants_change_the_bytes() -> None:
 
 
 def test_options_parse_literals_and_reject_unknown_keys() -> None:
-    assert _options(["disease_numbering=false", "point_end=;", 'last_point_end="."']) == {
+    assert parse_overrides(["disease_numbering=false", "point_end=;", 'last_point_end="."']) == {
         "disease_numbering": False,
         "point_end": ";",
         "last_point_end": ".",
@@ -69,3 +69,16 @@ def test_jsonl_export_takes_no_options(tmp_path: Path, fake_server) -> None:
     engine("run", spec, "--quiet")
     proc = engine("export", spec, "--stage", "answer", "--set", "x=1", check=False)
     assert proc.returncode == 2 and "takes no --set options" in proc.stderr
+
+
+def test_dotted_overrides_build_nested_tables_and_refuse_a_scalar_parent() -> None:
+    from engine.overrides import apply_override, parse_override
+
+    raw: dict = {"lora": {"r": 16}, "seed": 1}
+    apply_override(raw, *parse_override("lora.r=8"))
+    apply_override(raw, *parse_override("sft.output_dir=out/try"))
+    assert raw == {"lora": {"r": 8}, "seed": 1, "sft": {"output_dir": "out/try"}}
+    with pytest.raises(SpecError, match="'seed' is not a table"):
+        apply_override(raw, *parse_override("seed.x=1"))
+    with pytest.raises(SpecError, match="expected KEY=VALUE"):
+        parse_override("max_steps")

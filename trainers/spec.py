@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from trl import DPOConfig, SFTConfig
 
 from engine.errors import SpecError
+from engine.overrides import apply_override, parse_override
 
 Command = Literal["sft", "dpo"]
 
@@ -140,31 +141,12 @@ class TrainSpec(_Strict):
         return SpecError(f"{self._path}: {key}: {message}")
 
 
-def parse_override(item: str) -> tuple[str, Any]:
-    """`key=value` with the value read as a TOML literal, else kept as a plain string (`out/try`)."""
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise SpecError(f"--set {item!r}: expected key=value, e.g. --set max_steps=2")
-    try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text
-    return key.strip(), value
-
-
-def apply_override(raw: dict[str, Any], item: str, command: Command) -> None:
-    """Set a dotted key in the raw spec; a key that is no top-level field belongs to `command`'s table."""
+def _override(raw: dict[str, Any], item: str, command: Command) -> None:
+    """Apply one `--set`; a key that is no top-level field belongs to `command`'s table."""
     key, value = parse_override(item)
-    parts = key.split(".")
-    if parts[0] not in TrainSpec.model_fields:
-        parts = [command, *parts]
-    node = raw
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise SpecError(f"--set {key}: {part!r} is not a table")
-        node = child
-    node[parts[-1]] = value
+    if key.split(".")[0] not in TrainSpec.model_fields:
+        key = f"{command}.{key}"
+    apply_override(raw, key, value)
 
 
 def load_spec(
@@ -179,7 +161,7 @@ def load_spec(
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: invalid TOML: {exc}") from None
     for item in overrides:
-        apply_override(raw, item, command)
+        _override(raw, item, command)
     try:
         spec = TrainSpec.model_validate(raw)
     except ValidationError as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import SpecError
+from engine.overrides import apply_override, parse_override
 from trainers.first.trainer import FirstConfig, LoraSettings
 
 PATH_KEYS = ("model", "store", "records", "output_dir", "tokenizer")
@@ -26,17 +27,7 @@ def load_first_config(path: Path, overrides: list[str] | None = None) -> FirstCo
     if not isinstance(table, dict):
         raise SpecError(f"{path}: no [first] table; see docs/first.md")
     for pair in overrides or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SpecError(f"--set {pair!r}: expected KEY=VALUE")
-        *parents, leaf = key.split(".")
-        target = table
-        for part in parents:
-            target = target.setdefault(part, {})
-        try:
-            target[leaf] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            target[leaf] = value
+        apply_override(table, *parse_override(pair))
     _check_keys(path, "first", table, FirstConfig)
     lora = table.pop("lora", {})
     if lora is not False:
