@@ -83,7 +83,7 @@ def test_set_goes_to_the_dpo_table_for_dpo(tmp_path):
 
 
 def test_set_bad_syntax_and_bad_value(tmp_path):
-    with pytest.raises(SpecError, match="expected key=value"):
+    with pytest.raises(SpecError, match="expected KEY=VALUE"):
         load_spec(spec_file(tmp_path), ["max_steps"])
     with pytest.raises(SpecError, match="lora.r: Input should be a valid integer"):
         load_spec(spec_file(tmp_path), ["lora.r=abc"])
