@@ -46,4 +46,4 @@ lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) runs/*/out runs/*/cache
+	rm -rf $(VENV) runs/*/out runs/*/out-* runs/*/cache

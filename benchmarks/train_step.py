@@ -46,10 +46,10 @@ def write_spec(folder: Path, base: str, steps: int) -> Path:
 
 def base_path(model: str, folder: Path) -> str:
     if model == "tiny":
-        from trainers.base_model import default_cache_dir
+        from engine.model_cache import model_cache_dir
         from trainers.tiny import build_tiny_model
 
-        return str(build_tiny_model(default_cache_dir() / "tiny-qwen2-h64-l2"))
+        return str(build_tiny_model(model_cache_dir() / "tiny-qwen2-h64-l2"))
     return ""  # the bundled SmolLM2-135M
 
 

@@ -5,22 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from engine.errors import RunStopped, SpecError
+from engine.plugins import add_plugins, missing_dependency
 
-# Commands that live beside the engine: (module, function that adds the sub-parser).
-PLUGINS = [
-    ("evals.cli", "add_eval_command"),
-    ("trainers.cli", "add_train_commands"),
-    ("trainers.first.cli", "add_distill_commands"),
-    ("sources.cli", "add_commands"),
-]
 STANDALONE_FILTERS = ("dedupe", "leakage")
 EXPORTERS = {
     "sft": "trainers.data:export_sft",
@@ -30,7 +24,13 @@ EXPORTERS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog=_prog(),
+        description=__doc__,
+        epilog="also: `runs note NAME --score S [--text T]` records a run's leaderboard score or a note; "
+        "`filter dedupe|leakage IN.jsonl -o OUT.jsonl` filters a file without a spec. "
+        "`COMMAND --help` tells more.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a spec, or resume it after any crash")
@@ -39,11 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stage", action="append", help="run only this stage (repeatable)")
     run.add_argument("--retry-failed", action="store_true", help="request again the items that failed")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key (TOML value; a stage by its name: `stages.predict.k=6`); needs --as",
+    )
+    _add_run_name(run, "name this run: it writes OUT-NAME/ beside the spec's output and records its --set")
     run.set_defaults(handler=cmd_run)
 
     status = sub.add_parser("status", help="per stage: kept / rejected / failed / pending, tokens, cost")
     status.add_argument("spec", type=Path)
     status.add_argument("--json", action="store_true")
+    _add_run_name(status)
     status.set_defaults(handler=cmd_status)
 
     export = sub.add_parser("export", help="write a stage's kept records in a training or submission format")
@@ -58,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="an exporter option, e.g. `--set reason_separator=newline --set disease_numbering=false`",
     )
+    _add_run_name(export)
     export.set_defaults(handler=cmd_export)
 
     replay = sub.add_parser(
@@ -66,13 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("spec", type=Path)
     replay.add_argument("--stage", action="append", help="replay only this stage (repeatable)")
+    _add_run_name(replay)
     replay.set_defaults(handler=cmd_replay)
 
     runs = sub.add_parser(
         "runs",
         help="the run history: one row per run; `runs note NAME --score S` records a leaderboard score",
+        description="The run history: one row per run found under DIR, oldest first.",
+        epilog="record a score or a note:\n" + _note_parser().format_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     runs.add_argument("dir", nargs="?", type=Path, default=Path("runs"), help="folder searched for runs")
+    runs.add_argument(
+        "--only", action="append", metavar="GLOB", help="runs whose name matches, e.g. 'v1*' (repeatable)"
+    )
+    runs.add_argument(
+        "--width", type=int, help="table width in characters (default: the terminal's, 120 when piped)"
+    )
     runs.add_argument("--json", action="store_true")
     runs.add_argument("--plot", type=Path, help="draw score and statistics per run into this PNG")
     runs.add_argument("--diff", nargs=2, metavar=("A", "B"), help="compare two runs' answers on the same ids")
@@ -81,13 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runs.set_defaults(handler=cmd_runs)
 
-    for module, function in PLUGINS:
-        try:
-            add: Callable[[Any], None] = getattr(importlib.import_module(module), function)
-        except (ImportError, AttributeError):
-            continue
-        add(sub)
+    add_plugins(sub)
     return parser
+
+
+def _prog() -> str:
+    """`engine` when run as the console script, else `python -m engine`."""
+    return "engine" if Path(sys.argv[0]).name == "engine" else "python -m engine"
+
+
+def _add_run_name(parser: argparse.ArgumentParser, help_text: str = "") -> None:
+    parser.add_argument(
+        "--as",
+        dest="run_name",
+        metavar="NAME",
+        help=help_text or "the named run (`engine run SPEC --as NAME`) instead of the spec's own output",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,15 +134,23 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        missing = missing_dependency(exc, argv[0] if argv else "")
+        if missing is None:
+            raise
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     except RunStopped as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         return 1
 
 
-def _load(path: Path) -> Any:
-    from engine.spec import load_spec
+def _load(args: argparse.Namespace) -> Any:
+    """The spec, or the named run `--as NAME` (engine/named_runs.py); only `run` takes `--set`."""
+    from engine.named_runs import load_run
 
-    return load_spec(path)
+    sets = getattr(args, "set", []) if args.command == "run" else []
+    return load_run(args.spec, args.run_name, sets, create=args.command == "run")
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -129,7 +166,7 @@ def _shard(text: str) -> tuple[int, int]:
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.pipeline import Pipeline
 
-    loaded = _load(args.spec)
+    loaded = _load(args)
     pipeline = Pipeline(
         loaded,
         shard=_shard(args.shard),
@@ -147,7 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from engine.pipeline import Pipeline
 
-    loaded = _load(args.spec)
+    loaded = _load(args)
     manifest = asyncio.run(Pipeline(loaded, mode="status", progress=False).run())
     _add_usage(manifest, loaded.out_dir)
     if args.json:
@@ -160,7 +197,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from engine.pipeline import Pipeline
 
-    loaded = _load(args.spec)
+    loaded = _load(args)
     manifest = asyncio.run(Pipeline(loaded, mode="replay", stages=args.stage, progress=False).run())
     print(_status_table(manifest))
     return 0
@@ -170,11 +207,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from engine.overrides import parse_overrides
     from engine.store import atomic_output, read_outcome
 
-    loaded = _load(args.spec)
+    loaded = _load(args)
     loaded.stage(args.stage)
     stage_dir = loaded.out_dir / args.stage
     if not (stage_dir / "kept").is_dir():
-        raise SpecError(f"{stage_dir}: no kept records yet; run `python -m engine run {args.spec}` first")
+        again = f" --as {args.run_name}" if args.run_name else ""
+        raise SpecError(
+            f"{stage_dir}: no kept records yet; run `python -m engine run {args.spec}{again}` first"
+        )
     records = read_outcome(stage_dir, "kept")
     if args.format == "jsonl":
         write = _write_jsonl
@@ -195,29 +235,40 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from engine import history
+    from engine.runs_table import format_table
 
     if args.diff:
         a, b = (history.find_run(args.dir, name) for name in args.diff)
         report = history.diff(a, b, fields=args.field)
         print(orjson.dumps(report).decode() if args.json else history.format_diff(report))
         return 0
-    rows = history.table(history.find_runs(args.dir))
+    rows = history.table(history.select(history.find_runs(args.dir), args.only))
     if args.plot and rows:
         history.plot(rows, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
-    print(orjson.dumps(rows).decode() if args.json else history.format_table(rows))
+    width = args.width or (shutil.get_terminal_size((120, 24)).columns if sys.stdout.isatty() else 120)
+    print(orjson.dumps(rows).decode() if args.json else format_table(rows, width=width))
     return 0
+
+
+def _note_parser() -> argparse.ArgumentParser:
+    # `runs note` is dispatched before argparse (`runs DIR` takes a positional); `runs --help` shows this
+    parser = argparse.ArgumentParser(
+        prog=f"{_prog()} runs note", description="Record a run's leaderboard score or a free note."
+    )
+    parser.add_argument(
+        "name", help="the run's name (its [run].name or --as NAME) or its output folder's name"
+    )
+    parser.add_argument("--score", type=float, help="the leaderboard score of this run's submission")
+    parser.add_argument("--text", help="a free note, e.g. what changed")
+    parser.add_argument("--dir", type=Path, default=Path("runs"), help="folder searched for runs")
+    return parser
 
 
 def cmd_note(argv: list[str]) -> int:
     from engine import history
 
-    parser = argparse.ArgumentParser(prog="python -m engine runs note")
-    parser.add_argument("name", help="the run's name (its [run].name) or its output folder's name")
-    parser.add_argument("--score", type=float, help="the leaderboard score of this run's submission")
-    parser.add_argument("--text", help="a free note, e.g. what changed")
-    parser.add_argument("--dir", type=Path, default=Path("runs"), help="folder searched for runs")
-    args = parser.parse_args(argv)
+    args = _note_parser().parse_args(argv)
     run = history.note(args.dir, args.name, args.score, args.text)
     print(f"noted {run.name}: {run.notes}")
     return 0

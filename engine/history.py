@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from engine.errors import SpecError
+from engine.runs_table import clip
 from engine.store import read_outcome, write_json_atomic
 
 NOTES = "notes.json"  # beside manifest.json: {"score": float, "text": str}
@@ -48,6 +50,7 @@ class Run:
             "kept": info.get("counts", {}).get("kept", 0),
             "rejected": info.get("counts", {}).get("rejected", 0),
             "failed": info.get("counts", {}).get("failed", 0),
+            "overrides": m.get("overrides") or [],  # `engine run --set` items of a named run
         }
         row.update({k: v for k, v in info.get("stats", {}).items() if isinstance(v, int | float)})
         metrics = self.metrics(stage)
@@ -80,6 +83,13 @@ def find_runs(root: Path) -> list[Run]:
     return sorted(runs, key=lambda r: (r.manifest.get("created", ""), r.name))
 
 
+def select(runs: list[Run], globs: list[str] | None) -> list[Run]:
+    """The runs whose name (or output folder's name) matches one of the shell-style globs; all without."""
+    if not globs:
+        return runs
+    return [r for r in runs if any(fnmatch(r.name, g) or fnmatch(r.out_dir.name, g) for g in globs)]
+
+
 def find_run(root: Path, name: str) -> Run:
     matches = [r for r in find_runs(root) if r.name == name or r.out_dir.name == name]
     if not matches:
@@ -110,49 +120,57 @@ def table(runs: list[Run]) -> list[dict[str, Any]]:
     return rows
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "no runs found"
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns and k != "note"]
-    columns.append("note")
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
-    return str(value)
+LABEL_CHARS = 18  # run names on the plot's x axis are cut to this many characters
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Score and every numeric statistic per run, one small panel each: a trend reads faster than a table."""
+    """Score and every numeric statistic that changes, per run, one small panel each: a trend reads faster
+    than a table."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def figure(rows: list[dict[str, Any]]) -> Any:
+    """The plot's figure. Runs sit at positions 0..n-1 (two runs of one name stay two points), the panels
+    share one x axis labelled once at the bottom, and the labels turn upright when there are many runs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     skip = {"rejected", "failed", "delta", "score"}
-    keys = [k for k in rows[0] if k not in skip and isinstance(rows[0].get(k), int | float)]
+    keys: list[str] = []
+    for row in rows:  # runs of different specs may have different statistics
+        keys += [k for k, v in row.items() if k not in skip and k not in keys and isinstance(v, int | float)]
+    if len(rows) > 1:  # a flat line says nothing; the table's footer names those values
+        keys = [k for k in keys if len({r.get(k) for r in rows}) > 1]
     if any(r.get("score") is not None for r in rows):
         keys.insert(0, "score")
-    fig, axes = plt.subplots(len(keys), 1, figsize=(max(6, len(rows) * 0.9), 2.2 * len(keys)), squeeze=False)
-    names = [r["name"] for r in rows]
+    keys = keys or ["kept"]
+    n = len(rows)
+    size = (min(max(6.0, 0.45 * n + 2), 40.0), 1.8 * len(keys) + 1.2)
+    fig, axes = plt.subplots(len(keys), 1, figsize=size, sharex=True, squeeze=False)
+    positions = list(range(n))
     for ax, key in zip(axes[:, 0], keys, strict=True):
         values = [r.get(key) if isinstance(r.get(key), int | float) else float("nan") for r in rows]
-        ax.plot(names, values, marker="o")
+        ax.plot(positions, values, marker="o")
         ax.set_ylabel(key, fontsize=8)
+        ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
+    bottom = axes[-1, 0]
+    bottom.set_xticks(positions)
+    bottom.set_xticklabels([clip(str(r["name"]), LABEL_CHARS) for r in rows], fontsize=8)
+    bottom.set_xlim(-0.5, n - 0.5)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    renderer = fig.canvas.get_renderer()
+    boxes = [label.get_window_extent(renderer) for label in bottom.get_xticklabels()]
+    if any(a.x1 + 2 > b.x0 for a, b in zip(boxes, boxes[1:], strict=False)):  # side by side they collide
+        bottom.tick_params(axis="x", labelrotation=90)
+        fig.tight_layout()
+    return fig
 
 
 def kept_records(run: Run, stage: str | None = None) -> Iterator[dict[str, Any]]:
@@ -234,16 +252,24 @@ def format_diff(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def resolve_stage(ref: str) -> tuple[Iterator[dict[str, Any]], Path] | None:
-    """`runs/x/spec.toml:STAGE` -> (that stage's kept records, its folder); None for a plain file."""
+def resolve_stage(ref: str, run_name: str | None = None) -> tuple[Iterator[dict[str, Any]], Path] | None:
+    """`runs/x/spec.toml:STAGE` -> (that stage's kept records, its folder); None for a plain file.
+    With `run_name`, the stage of the named run (`engine run SPEC --as NAME`)."""
     spec_path, sep, stage = ref.rpartition(":")
     if not sep or not spec_path.endswith(".toml"):
+        if run_name is not None:
+            raise SpecError(
+                f"--as {run_name}: give the answers as SPEC:STAGE (e.g. runs/x/spec.toml:predict)"
+            )
         return None
-    from engine.spec import load_spec
+    from engine.named_runs import load_run
 
-    loaded = load_spec(spec_path)
+    loaded = load_run(spec_path, run_name)
     loaded.stage(stage)
     stage_dir = loaded.out_dir / stage
     if not (stage_dir / "kept").is_dir():
-        raise SpecError(f"{stage_dir}: no kept records yet; run `python -m engine run {spec_path}` first")
+        again = f" --as {run_name}" if run_name else ""
+        raise SpecError(
+            f"{stage_dir}: no kept records yet; run `python -m engine run {spec_path}{again}` first"
+        )
     return read_outcome(stage_dir, "kept"), stage_dir

@@ -352,6 +352,7 @@ class Pipeline:
             "description": spec.run.description,
             "spec": str(self.loaded.path),
             "spec_hash": self.loaded.hash,
+            "overrides": list(self.loaded.overrides),  # `engine run --set` items (engine/named_runs.py)
             "created": previous.get("created", _iso(self.started)),
             "updated": _iso(time.time()),
             "shard": list(self.shard),

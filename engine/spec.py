@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.errors import SpecError
+from engine.model_cache import model_cache_dir
+from engine.overrides import apply_override, parse_override
 
 STAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -28,8 +31,10 @@ class RunConfig(BaseModel):
     name: str
     out: str = Field("out", description="output folder, relative to the spec file")
     description: str = ""
-    cache: str = Field(
-        "cache", description="cache folder (converted local models), relative to the spec file"
+    cache: str | None = Field(
+        None,
+        description="model cache folder, relative to the spec file; default: the shared model cache "
+        "($ENGINE_CACHE_DIR, else ~/.cache/distill-engine; see docs/local.md)",
     )
     seed: int = 0
     max_cost: float | None = Field(None, description="stop cleanly once the run's cost passes this")
@@ -78,6 +83,7 @@ class LoadedSpec:
     text: str
     generators: dict[str, Any]  # stage name -> Generator
     provider_configs: dict[str, Any]  # provider name -> ProviderConfig
+    overrides: tuple[str, ...] = ()  # the `--set KEY=VALUE` items applied over the file
 
     @property
     def base_dir(self) -> Path:
@@ -89,11 +95,15 @@ class LoadedSpec:
 
     @property
     def cache_dir(self) -> Path:
-        return (self.base_dir / self.spec.run.cache).resolve()
+        if self.spec.run.cache is None:
+            return model_cache_dir()
+        return (self.base_dir / self.spec.run.cache).expanduser().resolve()
 
     @property
     def hash(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+        """The spec file's text plus the `--set` overrides applied to it."""
+        blob = self.text + "".join(f"\n--set {item}" for item in self.overrides)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def stage(self, name: str) -> StageSpec:
         for stage in self.spec.stages:
@@ -103,7 +113,8 @@ class LoadedSpec:
         raise SpecError(f"{self.path}: no stage named {name!r} (stages: {names})")
 
 
-def load_spec(path: str | Path) -> LoadedSpec:
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> LoadedSpec:
+    """Read, override (`--set stages.NAME.key=value` items, see engine/overrides.py) and validate."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -113,12 +124,16 @@ def load_spec(path: str | Path) -> LoadedSpec:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: invalid TOML: {exc}") from None
-    err = _Errors(path, text)
+    overridden = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        overridden[apply_override(data, key, value)] = item
+    err = _Errors(path, text, overridden)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise err.from_validation(exc) from None
-    return LoadedSpec(path, spec, text, *_build(spec, path, err))
+    return LoadedSpec(path, spec, text, *_build(spec, path, err), overrides=tuple(overrides))
 
 
 def _build(spec: Spec, path: Path, err: _Errors) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -132,11 +147,18 @@ def _build(spec: Spec, path: Path, err: _Errors) -> tuple[dict[str, Any], dict[s
             raise err.at(("providers", name, "kind"), f"expected one of {', '.join(kinds())}, got {kind!r}")
         cls = provider_class(kind).Config
         try:
-            configs[name] = cls.model_validate(table)
+            config = cls.model_validate(table)
         except ValidationError as exc:
             raise err.from_validation(
                 exc, prefix=("providers", name), fields=tuple(cls.model_fields)
             ) from None
+        # local files named in a provider table (adapter, model, tokenizer) are relative to the spec
+        paths = {
+            f: str((path.parent / Path(v).expanduser()).resolve())
+            for f in cls.path_fields
+            if (v := getattr(config, f))
+        }
+        configs[name] = config.model_copy(update=paths)
     seen: list[str] = []
     generators = {}
     for i, stage in enumerate(spec.stages):
@@ -209,14 +231,27 @@ def _check_filters(stage: StageSpec, index: int, path: Path, err: _Errors) -> No
 class _Errors:
     """Turns validation errors into one line with the key path and the line it sits on."""
 
-    def __init__(self, path: Path, text: str):
+    def __init__(self, path: Path, text: str, overridden: dict[tuple, str] | None = None):
         self.path = path
         self.lines = _key_lines(text)
+        self.overridden = overridden or {}  # key path -> the `--set` item that set it
 
     def at(self, loc: tuple, message: str) -> SpecError:
-        line = self._line(loc)
-        where = f"{self.path}:{line}" if line else str(self.path)
-        return SpecError(f"{where}: {_dotted(loc)}: {message}")
+        return SpecError(f"{self._where(loc)}: {_dotted(loc)}: {message}")
+
+    def _where(self, loc: tuple) -> str:
+        """`file:line` of the key (or the nearest table above it), or `--set ITEM` when an override set
+        it or created it (`--set run.typo.x=1` makes `run.typo`)."""
+        for n in range(len(loc), 0, -1):
+            key = loc[:n]
+            if key in self.overridden:
+                return f"--set {self.overridden[key]}"
+            if key in self.lines:
+                return f"{self.path}:{self.lines[key]}"
+            below = next((item for k, item in self.overridden.items() if k[:n] == key), None)
+            if below is not None:
+                return f"--set {below}"
+        return str(self.path)
 
     def from_validation(
         self, exc: ValidationError, prefix: tuple = (), fields: tuple[str, ...] = ()
@@ -235,12 +270,6 @@ class _Errors:
         else:
             message = f"{first['msg']} (got {first.get('input')!r})"
         return self.at(loc, message)
-
-    def _line(self, loc: tuple) -> int | None:
-        for n in range(len(loc), 0, -1):
-            if loc[:n] in self.lines:
-                return self.lines[loc[:n]]
-        return None
 
 
 def _dotted(loc: tuple) -> str:

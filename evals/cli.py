@@ -43,11 +43,21 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     """Register `eval` on an argparse subparsers object; the parsed args carry `func=main_eval`."""
     parser = subparsers.add_parser(
         "eval",
-        help="score diagnosis answers: diseases and reason vs gold, grounding, answer statistics",
-        description="Score an answer file (engine records or the official submission format).",
+        help="score diagnosis answers (a file or SPEC:STAGE): diseases and reason vs gold, grounding, stats",
+        description="Score an answer file (engine records or the official submission format), or a run's "
+        "stage as SPEC:STAGE, e.g. `eval runs/x/spec.toml:predict --gold gold.jsonl`: the report is then "
+        "also stored beside the stage's records, where `engine runs` shows it.",
     )
     parser.add_argument(
-        "pred", metavar="PRED.jsonl", help="answers: fields id, diseases, reason[, feature_content]"
+        "pred",
+        metavar="PRED.jsonl|SPEC:STAGE",
+        help="answers (fields id, diseases, reason[, feature_content]), or SPEC:STAGE: a run's kept records",
+    )
+    parser.add_argument(
+        "--as",
+        dest="run_name",
+        metavar="NAME",
+        help="with SPEC:STAGE: the named run (`engine run SPEC --as NAME`) instead of the spec's own output",
     )
     parser.add_argument("--gold", metavar="GOLD.jsonl", help="expert answers, joined to PRED by id")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -83,7 +93,7 @@ def main_eval(args: argparse.Namespace) -> int:
     """Run the evaluation the parsed args describe; returns the exit status (2 on bad input)."""
     try:
         config = config_from_args(args)
-        stage = resolve_stage(args.pred)  # `spec.toml:STAGE` reads a run's kept records
+        stage = resolve_stage(args.pred, args.run_name)  # `spec.toml:STAGE` reads a run's kept records
         predictions = load_answers(stage[0] if stage else args.pred)
         gold = load_answers(args.gold) if args.gold else None
         report = evaluate(predictions, gold, config, labels=(args.pred, args.gold or "gold"))

@@ -30,7 +30,7 @@ def test_runs_table_notes_and_deltas(tmp_path: Path, fake_server) -> None:
     assert rows[0]["delta"] is None and rows[1]["delta"] == 34
     assert rows[0]["note"] == "zero-shot"
     text = engine("runs", tmp_path).stdout
-    assert "v1" in text.splitlines()[1] and "1765.0" in text
+    assert "v1" in text.splitlines()[1] and "1765" in text.splitlines()[1]
 
 
 def test_runs_plot_and_diff(tmp_path: Path, fake_server) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from trainers.base_model import default_cache_dir
+from engine.model_cache import model_cache_dir
 from trainers.data import read_jsonl
 from trainers.tiny import build_tiny_model
 
@@ -20,7 +20,7 @@ PROMPTS = DATA / "train_prompts"  # short prompts: the tiny model's steps stay c
 
 def tiny_model() -> Path:
     """The 2-layer, 64-wide random Qwen2 with the SmolLM2 tokenizer (built once, cached, seeded)."""
-    return build_tiny_model(default_cache_dir() / "tiny-qwen2-h64-l2")
+    return build_tiny_model(model_cache_dir() / "tiny-qwen2-h64-l2")
 
 
 def records() -> list[dict[str, Any]]:

@@ -10,12 +10,8 @@ import os
 from pathlib import Path
 
 from engine.errors import Fatal, SpecError
-from engine.providers.local_model import DEFAULT_CACHE_DIR, resolve_model
-
-
-def default_cache_dir() -> Path:
-    """`$ENGINE_CACHE_DIR`, else the local provider's default cache (~/.cache/distill-engine)."""
-    return Path(os.environ.get("ENGINE_CACHE_DIR") or DEFAULT_CACHE_DIR).expanduser()
+from engine.model_cache import model_cache_dir
+from engine.providers.local_model import resolve_model
 
 
 def resolve_base_model(path_or_empty: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -28,6 +24,6 @@ def resolve_base_model(path_or_empty: str | os.PathLike, cache_dir: str | os.Pat
             )
         return folder
     try:
-        return resolve_model("", Path(cache_dir) if cache_dir else default_cache_dir())
+        return resolve_model("", Path(cache_dir) if cache_dir else model_cache_dir())
     except Fatal as exc:
         raise SpecError(str(exc)) from None

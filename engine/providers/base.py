@@ -14,6 +14,8 @@ class ProviderConfig(BaseModel):
     """Keys shared by every `[providers.NAME]` table; each kind subclasses it."""
 
     model_config = ConfigDict(extra="forbid")
+    # keys naming local files: a relative path is resolved from the spec's folder when the spec loads
+    path_fields: ClassVar[tuple[str, ...]] = ()
 
     kind: str
     model: str = ""

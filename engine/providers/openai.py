@@ -11,7 +11,7 @@ import email.utils
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import aiohttp
 import httpx2
@@ -29,6 +29,8 @@ NO_KEY = "EMPTY"  # what vLLM and llama.cpp servers expect when they run without
 
 
 class OpenAIConfig(ProviderConfig):
+    path_fields: ClassVar[tuple[str, ...]] = ("tokenizer",)
+
     kind: Literal["openai"] = "openai"
     model: str = Field(min_length=1)
     base_url: str = "https://api.openai.com/v1"
