@@ -1,9 +1,10 @@
 """The `engine runs` table: one row per run, fitted into a terminal's width.
 
 Numbers are right-aligned with one precision per column. When the table is too wide, in this order:
-columns with the same value in every run move to a footer, long statistic names are abbreviated (with a
-legend), a long run name is cut, the least useful columns are hidden, and the text columns share what is
-left (cut with `…`). Every step is said below the table; `--json` has everything.
+columns with the same value in every run (and overrides every run shares) move to a footer; then, if it
+still does not fit with its text columns cut to 12 characters, long statistic names are abbreviated (with
+a legend), a long run name is cut, and the least useful columns are hidden. The text columns share what
+is left (cut with `…`). Every step is said below the table; `--json` has everything.
 """
 
 from __future__ import annotations
@@ -31,11 +32,16 @@ def format_table(rows: list[dict[str, Any]], width: int = 120) -> str:
     cells = {c: _cells(c, [row.get(c) for row in rows]) for c in columns}
     table = _Table(columns, cells, width)
     footer: list[str] = []
-    if not table.fits() and len(rows) > 1:
-        same = [c for c in columns if c != "name" and len(set(cells[c])) == 1]
+    if not table.fits(cut=False) and len(rows) > 1:
+        same = [f"{c} {cells[c][0]}" for c in columns if c != "name" and len(set(cells[c])) == 1]
+        table.remove([c for c in columns if c != "name" and len(set(cells[c])) == 1])
+        if "overrides" in table.columns:  # an override every run shares says nothing about the difference
+            shared = set.intersection(*(set(row.get("overrides") or []) for row in rows))
+            left = [[item for item in row.get("overrides") or [] if item not in shared] for row in rows]
+            cells["overrides"] = _cells("overrides", left)
+            same += [f"overrides {_short_key(item)}" for item in sorted(shared)]
         if same:
-            table.remove(same)
-            footer.append("same in every run: " + ", ".join(f"{c} {cells[c][0]}" for c in same))
+            footer.append("same in every run: " + ", ".join(same))
     if not table.fits():
         table.headers.update(_abbreviations(table.columns, cells))
     if not table.fits():
@@ -84,7 +90,10 @@ class _Table:
         widths = {c: self.natural(c) for c in fixed} | _share(room, {c: self.natural(c) for c in text})
         return widths if all(widths[c] >= min(MIN_TEXT, self.natural(c)) for c in text) else None
 
-    def fits(self) -> bool:
+    def fits(self, cut: bool = True) -> bool:
+        """Whether the table fits, with text columns cut (`cut`) or whole."""
+        if not cut:
+            return sum(map(self.natural, self.columns)) + 2 * (len(self.columns) - 1) <= self.width
         return self.widths() is not None
 
     def render(self) -> list[str]:
