@@ -87,3 +87,16 @@ def test_absolute_and_home_paths_stay_where_they_point(tmp_path: Path, adapter: 
     loaded = load_spec(spec_in(tmp_path, adapter=adapter))
     assert loaded.provider_configs["student"].adapter == os.path.expanduser(adapter)
     assert loaded.provider_configs["student"].model == ""  # "" still means the bundled model
+
+
+def test_copies_of_one_gguf_share_a_conversion_and_a_changed_file_does_not(tmp_path: Path) -> None:
+    from engine.providers import local_model
+
+    # every venv installs its own copy of the bundled GGUF: the conversion is keyed on content, not path
+    a, b = tmp_path / "venv-a" / "m.gguf", tmp_path / "venv-b" / "m.gguf"
+    for path in (a, b):
+        path.parent.mkdir()
+        path.write_bytes(b"GGUF" + bytes(range(256)) * 9000)
+    assert local_model.converted_dir(a, tmp_path) == local_model.converted_dir(b, tmp_path)
+    b.write_bytes(b"GGUF" + bytes(range(256)) * 9001)
+    assert local_model.converted_dir(a, tmp_path) != local_model.converted_dir(b, tmp_path)

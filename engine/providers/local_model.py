@@ -81,11 +81,17 @@ def resolve_model(model: str, cache_dir: Path | None) -> Path:
 
 
 def converted_dir(gguf: Path, cache_dir: Path | None) -> Path:
-    """Where the conversion of `gguf` is cached; the name changes when the file does."""
+    """Where the conversion of `gguf` is cached; the name changes when the file's content does.
+
+    Keyed on the content (size, first and last MiB), not the path or mtime: every venv installs its own
+    copy of the bundled GGUF, and they must all share one 517 MB conversion."""
     root = (Path(cache_dir).expanduser() if cache_dir is not None else model_cache_dir()) / "models"
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return Path(root) / f"{gguf.stem}-{key}"
+    digest = hashlib.sha256(f"{gguf.name}|{gguf.stat().st_size}".encode())
+    with open(gguf, "rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(-min(1 << 20, gguf.stat().st_size), os.SEEK_END)
+        digest.update(f.read())
+    return Path(root) / f"{gguf.stem}-{digest.hexdigest()[:12]}"
 
 
 def convert_gguf(gguf: Path, cache_dir: Path | None) -> Path:
