@@ -186,7 +186,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     manifest = asyncio.run(Pipeline(loaded, mode="status", progress=False).run())
-    _add_usage(manifest, loaded.out_dir)
     if args.json:
         sys.stdout.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -204,6 +203,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from engine.derived import lagging, stale_note
     from engine.overrides import parse_overrides
     from engine.store import atomic_output, read_outcome
 
@@ -214,6 +214,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         again = f" --as {args.run_name}" if args.run_name else ""
         raise SpecError(
             f"{stage_dir}: no kept records yet; run `python -m engine run {args.spec}{again}` first"
+        )
+    crashed, running = lagging(stage_dir, loaded.out_dir)
+    if crashed:  # a killed run's answers are not filtered yet: exporting now would silently miss them
+        again = f" --as {args.run_name}" if args.run_name else ""
+        note = stale_note(stage_dir, loaded.out_dir, f"python -m engine filter {args.spec}{again}")
+        raise SpecError(f"{stage_dir}: {note}; then export again")
+    if running:
+        print(
+            f"note: {running} is writing {args.stage}: exporting the records committed so far",
+            file=sys.stderr,
         )
     records = read_outcome(stage_dir, "kept")
     if args.format == "jsonl":
@@ -282,19 +292,6 @@ def _write_jsonl(records: Any, out: Any) -> int:
     return count
 
 
-def _add_usage(manifest: dict[str, Any], out_dir: Path) -> None:
-    """Tokens and cost come from the run's own manifests (a status run makes no requests)."""
-    from engine.store import read_manifests
-
-    for name, provider in manifest["providers"].items():
-        for key in [k for k, v in provider.items() if isinstance(v, int | float)]:
-            del provider[key]  # counted below, once per shard's manifest
-        for saved in read_manifests(out_dir):
-            for key, value in saved.get("providers", {}).get(name, {}).items():
-                if isinstance(value, int | float) and key != "window":
-                    provider[key] = provider.get(key, 0) + value
-
-
 def _status_table(manifest: dict[str, Any]) -> str:
     rows = [f"run {manifest['name']}: {manifest['status']}"]
     rows.append(f"{'stage':<20}{'kept':>8}{'rejected':>10}{'failed':>8}{'pending':>9}")
@@ -303,6 +300,7 @@ def _status_table(manifest: dict[str, Any]) -> str:
         rows.append(f"{name:<20}{c['kept']:>8}{c['rejected']:>10}{c['failed']:>8}{c['pending']:>9}")
         for reason, n in stage["reasons"].items():
             rows.append(f"    rejected by {reason}: {n}")
+        rows.extend(f"    note: {note}" for note in stage.get("notes", []))
         for key, value in stage.get("stats", {}).items():
             rows.append(f"    {key}: {value:.2f}" if isinstance(value, float) else f"    {key}: {value}")
     for name, p in manifest["providers"].items():

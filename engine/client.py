@@ -20,6 +20,7 @@ from engine.retry import (
     CircuitBreaker,
     retry_policy,
 )
+from engine.spend import Meter, Ticket
 from engine.types import ChatRequest, Completion
 
 EventHook = Callable[[str, dict[str, Any]], None]
@@ -38,6 +39,7 @@ class LLMClient:
         backoff_max_s: float = BACKOFF_MAX_S,
         limiter: Limiter | None = None,
         on_event: EventHook | None = None,
+        meter: Meter | None = None,
     ):
         self.provider = provider
         self.where = f"providers.{provider.name}"
@@ -45,6 +47,7 @@ class LLMClient:
         self.breaker = CircuitBreaker(breaker_threshold, breaker_pause_s, where=self.where)
         self._backoff = (backoff_base_s, backoff_max_s)
         self._on_event = on_event
+        self._meter = meter  # the run's ledger and budget; None: nothing recorded, no budget
         self._stopped: Fatal | None = None  # a stop_run error: later calls fail at once, without a request
         self.stats: dict[str, Any] = dict.fromkeys(
             ("requests", "ok", "rate_limited", "retries", "errors", "prompt_tokens", "completion_tokens"), 0
@@ -69,25 +72,29 @@ class LLMClient:
                 config.max_retries, base_s=base_s, max_s=max_s, before_sleep=self._before_sleep
             ):
                 with attempt:
-                    return await self._attempt(merged, estimate)
+                    number = attempt.retry_state.attempt_number
+                    return await self._attempt(merged, estimate, number)
         except ProviderError:
             self.stats["errors"] += 1
             raise
         raise AssertionError("unreachable: the retry policy re-raises the last error")
 
-    async def _attempt(self, request: ChatRequest, estimate: int) -> Completion:
+    async def _attempt(self, request: ChatRequest, estimate: int, number: int) -> Completion:
         if self._stopped is not None:
             raise Fatal(str(self._stopped), status=self._stopped.status, stop_run=True)
         await self.breaker.wait()
-        async with self.limiter.slot(estimate):
+        async with self.limiter.slot(estimate), self._metered(number, estimate) as ticket:
             self.stats["requests"] += 1
+            ticket.sent = True
             try:
                 completion = await self.provider.complete(request)
             except RateLimited as exc:
+                ticket.status = exc.status
                 self.stats["rate_limited"] += 1
                 self.limiter.on_rate_limited(estimate, exc.retry_after)
                 raise
             except (Transient, Fatal) as exc:
+                ticket.status = exc.status
                 self.limiter.on_error(estimate, tokens_used=isinstance(exc, Transient))
                 if isinstance(exc, Fatal) and exc.stop_run:
                     self._stopped = exc
@@ -97,10 +104,22 @@ class LLMClient:
                 raise
             finally:
                 self.stats["window"] = self.limiter.window.size
+            ticket.status, ticket.usage, ticket.cost = 200, completion.usage, self._cost(completion)
         self.limiter.on_success(estimate, completion)
         self.breaker.success()
         self._count_success(completion)
         return completion
+
+    def _metered(self, attempt: int, estimate: int, *, check: bool = True) -> Any:
+        """The run's ledger and budget around one request (a no-op without a meter)."""
+        if self._meter is None:
+            return _Unmetered()
+        price = max(self.provider.config.price_in, self.provider.config.price_out)
+        return self._meter.request(self.provider.name, attempt, estimate, estimate * price / 1e6, check=check)
+
+    def _cost(self, completion: Completion) -> float:
+        usage, config = completion.usage, self.provider.config
+        return (usage.prompt_tokens * config.price_in + usage.completion_tokens * config.price_out) / 1e6
 
     def _count_failure(self, exc: ProviderError) -> None:
         change = self.breaker.failure(exc)
@@ -112,13 +131,11 @@ class LLMClient:
             raise RunStopped(self.breaker.stopped) from None
 
     def _count_success(self, completion: Completion) -> None:
-        usage, config = completion.usage, self.provider.config
+        usage = completion.usage
         self.stats["ok"] += 1
         self.stats["prompt_tokens"] += usage.prompt_tokens
         self.stats["completion_tokens"] += usage.completion_tokens
-        self.stats["cost"] += (
-            usage.prompt_tokens * config.price_in + usage.completion_tokens * config.price_out
-        ) / 1e6
+        self.stats["cost"] += self._cost(completion)
         self.stats["window"] = self.limiter.window.size
 
     def _before_sleep(self, state: RetryCallState) -> None:
@@ -135,8 +152,15 @@ class LLMClient:
         """One cheap request before fan-out; raises Fatal(stop_run=True) with a one-line reason."""
         for attempt in range(1, PREFLIGHT_ATTEMPTS + 1):
             try:
-                async with self.limiter.slot(1):  # the probe counts against the server's RPM too
-                    await self.provider.preflight()
+                # the probe counts against the server's RPM, and the ledger counts what reached a server
+                async with self.limiter.slot(1), self._metered(0, 1, check=False) as ticket:
+                    try:
+                        answer = await self.provider.preflight()
+                    except ProviderError as exc:
+                        ticket.sent, ticket.status = exc.status is not None, exc.status
+                        raise
+                    if answer is not None:
+                        ticket.sent, ticket.status, ticket.usage = True, 200, answer.usage
                 return
             except RateLimited:
                 return  # the endpoint answered: key and model are fine, the limiter deals with 429s
@@ -152,3 +176,13 @@ class LLMClient:
 
     async def aclose(self) -> None:
         await self.provider.aclose()
+
+
+class _Unmetered:
+    """A ticket nobody reads, for clients used without a run (tests, benchmarks)."""
+
+    async def __aenter__(self) -> Ticket:
+        return Ticket()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        return None

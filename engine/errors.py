@@ -51,3 +51,11 @@ class BadOutput(EngineError):
 
 class RunStopped(EngineError):
     """The run must stop cleanly (fatal provider error, circuit breaker, budget)."""
+
+
+class DiskFull(RunStopped):
+    """A journal or output could not be written for lack of space; nothing was left half-written."""
+
+
+class RunBusy(SpecError):
+    """Another process holds the run (or this shard of it): one line naming that process."""

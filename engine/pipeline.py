@@ -1,8 +1,10 @@
 """Runs a spec's stages in order: work items -> provider (limiter, retries) -> journal -> filter chain.
 
 The same loop serves three modes: `run` (request what has no outcome yet), `replay` (no requests;
-rebuild kept/rejected/failed from the journal with the current filters) and `status` (no requests,
-no writes; count). Commit order is deterministic: round, then input order, then sample.
+rebuild kept/rejected/failed from the journals with the current filters) and `status` (no requests,
+no writes; count what the files hold). Commit order is deterministic: round, then input order, then
+sample. A plain run and a replay hold the whole run (engine/lock.py) and rewrite every shard's
+derived files; a run of `--shard I/N` rewrites shard I's only.
 """
 
 from __future__ import annotations
@@ -21,18 +23,15 @@ from typing import Any, Literal
 import orjson
 
 from engine.commit import Committer, RoundCommit, StageReport
-from engine.errors import BadOutput, Fatal, ProviderError, RunStopped, SpecError
+from engine.derived import DerivedWriter, derived_outcomes, stale_note
+from engine.errors import BadOutput, DiskFull, Fatal, ProviderError, RunStopped, SpecError
+from engine.journal import Journal
+from engine.lock import RunLock
+from engine.named_runs import RECORD
 from engine.progress import StageProgress
 from engine.spec import LoadedSpec, StageSpec
-from engine.store import (
-    DerivedWriter,
-    Journal,
-    manifest_path,
-    read_jsonl,
-    read_outcome,
-    shard_name,
-    write_json_atomic,
-)
+from engine.spend import Budget, Ledger, Meter
+from engine.store import manifest_path, read_jsonl, read_outcome, shard_name, write_json_atomic
 from engine.taskpool import TaskPool
 from engine.types import ChatRequest, Completion, Record, WorkItem
 from filters.base import Filter, build_filter
@@ -41,13 +40,27 @@ from generators.base import Generator
 Mode = Literal["run", "replay", "status"]
 
 
-def work_key(stage: str, item: WorkItem, round_no: int) -> str:
-    payload = [stage, str(item.record["id"]), item.sample, round_no, item.fingerprint]
+def work_key(stage: str, item: WorkItem, round_no: int, settings: Any = None) -> str:
+    """`settings`: what changes every answer of the stage besides the item (see `answer_settings`)."""
+    payload = [stage, str(item.record["id"]), item.sample, round_no, item.fingerprint, settings]
     try:
         blob = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     except TypeError as exc:
         raise SpecError(f"stage {stage!r}: the generator's fingerprint cannot be hashed ({exc})") from None
     return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def answer_settings(loaded: LoadedSpec, stage: StageSpec) -> list[Any]:
+    """What changes every answer of a stage besides the item itself: the stage's sampling params, the
+    generator's settings and the provider's (its Config's `answer_fields`). Filters, rates, concurrency,
+    timeouts and prices are not here: changing them is never new work."""
+    gen = loaded.generators[stage.name]
+    provider = loaded.provider_configs.get(stage.provider or "")
+    return [
+        stage.params,
+        gen.config.model_dump(mode="json"),
+        provider.answer_settings() if provider else None,
+    ]
 
 
 def key_shard(key: str, shards: int) -> int:
@@ -76,6 +89,12 @@ class Pipeline:
         self.stop_reason = ""
         self.reports: dict[str, StageReport] = {}
         self.started = time.time()
+        # a plain run and a replay hold the whole run: they may write (and repair) every shard's files
+        self.exclusive = mode == "replay" or (mode == "run" and shard[1] == 1)
+        self._own_inputs: dict[str, set[str]] = {}  # chained stage -> ids this shard's previous stage kept
+        self.ledger: Ledger | None = None
+        self.meter: Meter | None = None
+        self.failure: DiskFull | None = None  # the disk filled up: stop, and commit nothing more
 
     # ---- the run -------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
@@ -83,6 +102,24 @@ class Pipeline:
             for stage in self.loaded.spec.stages:
                 if not self.loaded.generators[stage.name].shardable:
                     raise SpecError(f"stage {stage.name!r} ({stage.generator}) cannot be split with --shard")
+        lock = None
+        if self.mode != "status":
+            lock = RunLock(self.loaded.out_dir).acquire(shard=self.shard, exclusive=self.exclusive)
+        try:
+            return await self._locked()
+        finally:
+            if self.ledger is not None:
+                self.ledger.close()
+            if lock is not None:
+                lock.release()
+
+    async def _locked(self) -> dict[str, Any]:
+        if self.mode == "run":
+            spec = self.loaded.spec.run
+            self.ledger = Ledger(self.loaded.out_dir, self.shard[0])
+            budget = Budget(self.ledger, spec.max_tokens, spec.max_cost, str(self.loaded.path))
+            budget.check()  # a run over budget sends nothing, not even a preflight
+            self.meter = Meter(self.ledger, budget)
         loop = asyncio.get_running_loop()
         if self.mode == "run":
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -118,48 +155,66 @@ class Pipeline:
         report = StageReport(stage.name)
         started = time.monotonic()
         stage_dir = self.loaded.out_dir / stage.name
-        journal = Journal(stage_dir, self.shard[0], readonly=self.mode != "run")
+        own = self.shard[0] if self.mode == "run" else None
+        journal = Journal(stage_dir, own, exclusive=self.exclusive)
         if journal.torn_bytes:
-            self.progress.log(f"{journal.path}: dropped a torn last line ({journal.torn_bytes} bytes)")
+            self.progress.log(f"{stage_dir / 'raw'}: dropped a torn last line ({journal.torn_bytes} bytes)")
         chain = self._chain(stage)
-        writer = DerivedWriter(stage_dir, self.shard[0]) if self.mode == "run" else None
-        if self.mode == "replay":
-            writer = DerivedWriter(stage_dir, 0, replace_all=True)
+        writer = None
+        if self.mode != "status":
+            writer = DerivedWriter(stage_dir, journal.shards() if self.exclusive else [self.shard[0]])
+        derived = derived_outcomes(stage_dir) if self.mode == "status" else {}
         feedback = type(gen).accept is not Generator.accept  # keep a round's records only if asked
+        settings = answer_settings(self.loaded, stage)
         self.progress.start(stage.name, self._expected(stage))
         try:
             inputs = self._checked(gen, self._inputs(stage))
             for round_no, items in enumerate(gen.rounds(inputs)):
-                commit = RoundCommit(journal, Committer(chain, writer, report), keep_records=feedback)
+                commit = RoundCommit(
+                    journal, Committer(chain, writer, report, journal), keep_records=feedback
+                )
                 async with TaskPool(self._in_flight(stage)) as pool:
                     for item in items:
-                        key = work_key(stage.name, item, round_no)
-                        if not self._mine(stage, key):
+                        key = work_key(stage.name, item, round_no, settings)
+                        if self.mode == "status":
+                            self._count(report, key, journal, derived, commit.kept if feedback else None)
                             continue
-                        commit.order.append(key)
-                        redo = self.retry_failed and key in journal and journal.get(key)["status"] == "failed"
-                        if key in journal and not redo:
-                            self._advance(commit)
+                        where = journal.shard(key)
+                        redo = self.retry_failed and self.mode == "run" and journal.failed(key)
+                        redo = redo and self._writes(where)
+                        if where is not None and not redo:
+                            if self._writes(where):  # an outcome in a journal this process mirrors
+                                commit.order.append(key)
+                                self._advance(commit)
+                            continue
+                        if not self._mine(stage, key, item):
                             continue
                         if self.mode != "run" or self.stopping.is_set():
+                            commit.pending += 1
                             continue
+                        commit.order.append(key)
                         if redo:
                             commit.redoing.add(key)
                         client = await self._client(stage.provider)
-                        task = self._item(stage, gen, item, key, round_no, client, commit.fresh, journal)
+                        target = where if redo else None  # a retry goes where the failure is
+                        task = self._item(
+                            stage, gen, item, key, round_no, client, commit.fresh, journal, target
+                        )
                         await pool.submit(task)
                         self._advance(commit)
                     await pool.drain(on_done=partial(self._advance, commit))
-                self._advance(commit)
-                report.counts["pending"] += len(commit.order)
+                commit.advance(final=True)
+                report.counts["pending"] += commit.pending
                 gen.accept(commit.kept)
-                if self.stopping.is_set():
-                    break
+            if self.failure is not None:
+                raise self.failure
             for f in chain:
                 report.filter_stats[f.name] = f.stats()
             if writer:
-                writer.commit()
+                writer.commit({shard: journal.size(shard) for shard in writer.shards})
             report.stats = gen.stats(read_outcome(stage_dir, "kept"))  # streamed: memory stays flat
+            if self.mode == "status":
+                self._note_stale(report, stage_dir)
         except BaseException:
             if writer:
                 writer.abort()
@@ -170,6 +225,38 @@ class Pipeline:
         report.seconds = time.monotonic() - started
         self._log_stage(report)
         return report
+
+    def _writes(self, shard: int | None) -> bool:
+        """Whether this process rewrites the derived files of `shard` (its own, or all when exclusive)."""
+        return shard is not None and (self.exclusive or shard == self.shard[0])
+
+    def _count(
+        self,
+        report: StageReport,
+        key: str,
+        journal: Journal,
+        derived: dict[str, str],
+        kept: list[Record] | None,
+    ) -> None:
+        """`status`: what the derived files hold for this key (or that it has none yet)."""
+        outcome = derived.get(key) if key in journal else None
+        if outcome is None:
+            report.counts["unfiltered" if key in journal else "pending"] += 1
+        elif outcome in ("kept", "failed"):
+            report.counts[outcome] += 1
+            if outcome == "kept" and kept is not None:  # a feedback generator's next round needs them
+                kept.append(journal.get(key)["record"])
+        else:
+            report.counts["rejected"] += 1
+            report.reasons[outcome] += 1
+
+    def _note_stale(self, report: StageReport, stage_dir: Path) -> None:
+        behind = report.counts.get("unfiltered", 0)
+        if behind:
+            replay = f"python -m engine filter {self.loaded.path}"
+            if (self.loaded.out_dir / RECORD).exists():  # a named run: `--as NAME` finds it again
+                replay += f" --as {self.loaded.spec.run.name}"
+            report.notes.append(stale_note(stage_dir, self.loaded.out_dir, replay, behind))
 
     def _advance(self, commit: RoundCommit) -> None:
         self.progress.update(commit.advance(), self._stats())
@@ -184,6 +271,7 @@ class Pipeline:
         client: Any,
         fresh: dict[str, dict[str, Any]],
         journal: Journal,
+        target: int | None,
     ) -> None:
         calls: list[Completion] = []
 
@@ -218,14 +306,20 @@ class Pipeline:
             entry.update(status="failed", error=type(exc).__name__, message=str(exc), status_code=exc.status)
         except RunStopped as exc:
             self.stop(str(exc))
+            if isinstance(exc, DiskFull):
+                self.failure = exc
             return
         except ProviderError as exc:
             entry.update(status="failed", error=type(exc).__name__, message=str(exc), status_code=exc.status)
         except Exception as exc:  # a generator bug must not take the run down: the record fails visibly
             entry.update(status="failed", error=type(exc).__name__, message=str(exc))
-        journal.append(entry)
+        try:
+            journal.append(entry, target)
+        except DiskFull as exc:
+            self.stop(str(exc))
+            self.failure = exc
+            return
         fresh[key] = entry
-        self._check_budget()
 
     # ---- commit: one outcome per key -----------------------------------------------------
     # ---- inputs, shards, clients ---------------------------------------------------------
@@ -243,12 +337,13 @@ class Pipeline:
         return any(s.name == name for s in self.loaded.spec.stages)
 
     def _stage_records(self, name: str) -> Iterator[Record]:
-        """An earlier stage's kept records; in a sharded run, only this shard's (its slice flows on)."""
-        stage_dir = self.loaded.out_dir / name
-        if self.mode == "run" and self.shard[1] > 1:
-            path = stage_dir / "kept" / shard_name(self.shard[0])
-            return read_jsonl(path) if path.exists() else iter(())
-        return read_outcome(stage_dir, "kept")
+        """An earlier stage's kept records, every shard's: a journal may hold keys of any of them."""
+        return read_outcome(self.loaded.out_dir / name, "kept")
+
+    def _own_records(self, name: str) -> Iterator[Record]:
+        """The records of an earlier stage that this shard kept: in a sharded run, its slice flows on."""
+        path = self.loaded.out_dir / name / "kept" / shard_name(self.shard[0])
+        return read_jsonl(path) if path.exists() else iter(())
 
     def _checked(self, gen: Any, records: Iterator[Record]) -> Iterator[Record]:
         first = next(records, None)
@@ -258,18 +353,24 @@ class Pipeline:
         yield first
         yield from records
 
-    def _mine(self, stage: StageSpec, key: str) -> bool:
-        # Only stages that read a file are split by key; later stages take their own shard's records.
+    def _mine(self, stage: StageSpec, key: str, item: WorkItem) -> bool:
+        """Whether this process asks for a key: all of them unless sharded. Stages that read a file are
+        split by key hash; later stages take the records their own shard kept."""
         index, count = self.shard
-        if count == 1 or self.mode != "run" or self._is_stage(stage.input or ""):
+        if count == 1 or self.mode != "run":
             return True
+        if self._is_stage(stage.input or ""):
+            if stage.name not in self._own_inputs:
+                self._own_inputs[stage.name] = {str(r["id"]) for r in self._own_records(stage.input)}
+            return str(item.record["id"]) in self._own_inputs[stage.name]
         return key_shard(key, count) == index
 
     def _expected(self, stage: StageSpec) -> int | None:
         if stage.input is None:
             return None
         if self._is_stage(stage.input):
-            n = sum(1 for _ in self._stage_records(stage.input))
+            mine = self._own_records if self.mode == "run" and self.shard[1] > 1 else self._stage_records
+            n = sum(1 for _ in mine(stage.input))
         else:
             with open(self.loaded.base_dir / stage.input, "rb") as f:
                 n = sum(1 for line in f if line.strip()) // self.shard[1]
@@ -284,7 +385,7 @@ class Pipeline:
 
             config = self.loaded.provider_configs[name]
             provider = provider_class(config.kind)(name, config, cache_dir=self.loaded.cache_dir)
-            client = LLMClient(provider)
+            client = LLMClient(provider, meter=self.meter)
             self.clients[name] = client
             try:
                 await client.preflight()
@@ -312,14 +413,6 @@ class Pipeline:
             total.update({k: v for k, v in client.stats.items() if isinstance(v, int | float)})
         return dict(total)
 
-    def _check_budget(self) -> None:
-        run, stats = self.loaded.spec.run, self._stats()
-        tokens = stats.get("prompt_tokens", 0) + stats.get("completion_tokens", 0)
-        if run.max_cost is not None and stats.get("cost", 0) >= run.max_cost:
-            self.stop(f"budget reached: cost {stats['cost']:.4f} >= max_cost {run.max_cost}")
-        if run.max_tokens is not None and tokens >= run.max_tokens:
-            self.stop(f"budget reached: {tokens} tokens >= max_tokens {run.max_tokens}")
-
     def _log_stage(self, report: StageReport) -> None:
         c = report.counts
         self.progress.log(
@@ -337,15 +430,13 @@ class Pipeline:
             previous = orjson.loads(path.read_bytes())
         stages = dict(previous.get("stages", {}))
         stages.update({name: report.as_dict() for name, report in self.reports.items()})
-        providers = {}
-        for name, config in self.loaded.provider_configs.items():
-            # usage adds up over every invocation of the same run (resumes included)
-            entry = {k: v for k, v in previous.get("providers", {}).get(name, {}).items() if k != "window"}
-            if name in self.clients:
-                for key, value in self.clients[name].stats.items():
-                    if isinstance(value, int | float) and key != "window":
-                        entry[key] = entry.get(key, 0) + value
-            providers[name] = {**entry, "kind": config.kind, "model": config.model}
+        ledger = self.ledger or Ledger(self.loaded.out_dir)  # every invocation and shard of the run
+        ledger.refresh()
+        usage = ledger.usage()
+        providers = {
+            name: {**usage.get(name, {}), "kind": config.kind, "model": config.model}
+            for name, config in self.loaded.provider_configs.items()
+        }
         pending = sum(s["counts"]["pending"] for s in stages.values())
         return {
             "name": spec.run.name,

@@ -90,3 +90,34 @@ def outcomes(out: Path, stage: str, kind: str) -> list[dict[str, Any]]:
     for path in sorted((out / stage / kind).glob("shard-*.jsonl")):
         rows += read_lines(path)
     return rows
+
+
+def outcome_keys(out: Path, stage: str) -> dict[str, list[tuple[int, str]]]:
+    """key -> [(shard, outcome), ...] over every derived file of a stage (kept records carry meta.key)."""
+    found: dict[str, list[tuple[int, str]]] = {}
+    for kind in ("kept", "rejected", "failed"):
+        for path in sorted((out / stage / kind).glob("shard-*.jsonl")):
+            for row in read_lines(path):
+                key = row["meta"]["key"] if kind == "kept" else row["key"]
+                found.setdefault(key, []).append((int(path.stem.removeprefix("shard-")), kind))
+    return found
+
+
+def journal_keys(out: Path, stage: str, shard: int) -> set[str]:
+    return {e["key"] for e in read_lines(out / stage / "raw" / f"shard-{shard:05d}.jsonl")}
+
+
+def assert_exactly_once(out: Path, stage: str) -> dict[str, list[tuple[int, str]]]:
+    """The invariant: every work key at most once in kept/rejected/failed, each record in the derived
+    files of the shard whose journal holds its outcome, and kept ids unique."""
+    found = outcome_keys(out, stage)
+    twice = {key: where for key, where in found.items() if len(where) > 1}
+    assert not twice, f"{stage}: keys in more than one outcome file: {twice}"
+    journals: dict[int, set[str]] = {}
+    for key, [(shard, _)] in found.items():
+        if shard not in journals:
+            journals[shard] = journal_keys(out, stage, shard)
+        assert key in journals[shard], f"{stage}: {key} derived in shard {shard}, not in its journal"
+    ids = [r["id"] for r in outcomes(out, stage, "kept")]
+    assert len(ids) == len(set(ids)), f"{stage}: a kept id twice"
+    return found

@@ -44,10 +44,10 @@ def test_run_end_to_end_keeps_every_record_with_provenance(tmp_path: Path, fake_
     manifest = orjson.loads((tmp_path / "out" / "manifest.json").read_bytes())
     assert manifest["status"] == "complete"
     assert manifest["stages"]["answer"]["counts"] == {"kept": 12, "rejected": 0, "failed": 0, "pending": 0}
-    assert manifest["providers"]["teacher"]["requests"] == 12
     assert fake_server.requests == 13  # and one preflight
+    assert manifest["providers"]["teacher"]["requests"] == 13  # what the server saw, preflight included
     status = orjson.loads(engine("status", spec, "--json").stdout)
-    assert status["providers"]["teacher"]["requests"] == 12  # counted once, not once per manifest read
+    assert status["providers"]["teacher"]["requests"] == 13  # counted once, not once per manifest read
     secret = "sk-test-secret-123"
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():

@@ -30,6 +30,13 @@ class ProviderConfig(BaseModel):
     price_in: float = 0.0  # cost per 1M prompt tokens
     price_out: float = 0.0  # cost per 1M completion tokens
 
+    # The keys that change an answer: part of every work key, so changing one is new work. The others
+    # (rates, concurrency, timeouts, retries, prices, estimates) never are. A kind adds its own.
+    answer_fields: ClassVar[tuple[str, ...]] = ("model", "params", "extra_body")
+
+    def answer_settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.answer_fields}
+
 
 class Provider:
     kind: ClassVar[str] = ""
@@ -43,8 +50,9 @@ class Provider:
     async def complete(self, request: ChatRequest) -> Completion:
         raise NotImplementedError
 
-    async def preflight(self) -> None:
-        """One cheap request; raise errors.Fatal(stop_run=True) with a clear message on failure."""
+    async def preflight(self) -> Completion | None:
+        """One cheap request (its answer, for the run's ledger, when there is one); raise
+        errors.Fatal(stop_run=True) with a clear message on failure."""
 
     def estimate_tokens(self, request: ChatRequest) -> int:
         """Prompt tokens plus the max_tokens asked for, before the call (reconciled afterwards)."""

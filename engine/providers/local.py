@@ -39,6 +39,13 @@ class LocalConfig(ProviderConfig):
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads; None = torch's default")
     device: Literal["cpu", "cuda", "auto"] = "auto"
 
+    answer_fields: ClassVar[tuple[str, ...]] = (
+        *ProviderConfig.answer_fields,
+        "adapter",
+        "dtype",
+        "max_new_tokens",
+    )
+
 
 class LocalProvider(Provider):
     kind = "local"

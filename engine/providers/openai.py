@@ -98,13 +98,13 @@ class OpenAIProvider(Provider):
             params["logprobs"] = True  # the API rejects top_logprobs without it
         return await self._create(request.messages, params, request.extra_body, self.config.timeout_s)
 
-    async def preflight(self) -> None:
+    async def preflight(self) -> Completion | None:
         ping = [{"role": "user", "content": "ping"}]
         timeout = min(self.config.timeout_s, PREFLIGHT_TIMEOUT_S)
         try:
-            await self._create(ping, {"max_tokens": 1}, {}, timeout)
+            return await self._create(ping, {"max_tokens": 1}, {}, timeout)
         except RateLimited:
-            return  # reachable, key and model accepted; the limiter handles the rate
+            return None  # reachable, key and model accepted; the limiter handles the rate
         except Fatal as exc:
             raise Fatal(f"preflight failed: {exc}", status=exc.status, stop_run=True) from None
         except _Unreachable as exc:
