@@ -161,6 +161,7 @@ class LLMClient:
                         raise
                     if answer is not None:
                         ticket.sent, ticket.status, ticket.usage = True, 200, answer.usage
+                        ticket.cost = self._cost(answer)
                 return
             except RateLimited:
                 return  # the endpoint answered: key and model are fine, the limiter deals with 429s

@@ -123,7 +123,10 @@ class DerivedWriter:
 
     def abort(self) -> None:
         for f in self.files.values():
-            f.close()
+            try:
+                f.close()
+            except OSError:
+                pass  # a full disk cannot take the buffered rest; the file goes anyway
             Path(f.name).unlink(missing_ok=True)
         self.files.clear()
 

@@ -146,8 +146,11 @@ def _describe_me(fd: int) -> None:
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     command = " ".join(["python -m engine", *sys.argv[1:]])
     text = f"pid {os.getpid()} on {socket.gethostname()} (`{command}`, since {since})\n"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, text.encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text.encode(), 0)
+    except OSError:
+        pass  # a full disk: the lock holds all the same, only a refused process cannot name us
 
 
 def _read(fd: int) -> str:

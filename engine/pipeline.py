@@ -150,6 +150,12 @@ class Pipeline:
             self.progress.log(f"[yellow]{reason}: finishing requests in flight, then stopping")
         self.stopping.set()
 
+    def _fail(self, exc: DiskFull) -> None:
+        """Stop without committing more: the error is reported once, when the run ends."""
+        self.failure = self.failure or exc
+        self.stop_reason = self.stop_reason or str(exc)
+        self.stopping.set()
+
     async def _stage(self, stage: StageSpec) -> StageReport:
         gen = self.loaded.generators[stage.name]
         report = StageReport(stage.name)
@@ -304,10 +310,11 @@ class Pipeline:
                 self.stop(f"stage {stage.name!r}: {exc}")
                 return
             entry.update(status="failed", error=type(exc).__name__, message=str(exc), status_code=exc.status)
+        except DiskFull as exc:  # the ledger could not be written
+            self._fail(exc)
+            return
         except RunStopped as exc:
             self.stop(str(exc))
-            if isinstance(exc, DiskFull):
-                self.failure = exc
             return
         except ProviderError as exc:
             entry.update(status="failed", error=type(exc).__name__, message=str(exc), status_code=exc.status)
@@ -316,8 +323,7 @@ class Pipeline:
         try:
             journal.append(entry, target)
         except DiskFull as exc:
-            self.stop(str(exc))
-            self.failure = exc
+            self._fail(exc)
             return
         fresh[key] = entry
 

@@ -1,0 +1,73 @@
+"""Everything that changes an answer is part of the work key (new work, shown pending by `status`);
+filters, rates, concurrency, timeouts and prices are not (no request, nothing pending)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from engine.providers.local import LocalConfig
+from engine.providers.openai import OpenAIConfig
+from tests.engine_helpers import engine, outcomes, write_spec
+
+N = 6
+STAGE = """
+[[stages]]
+name = "answer"
+generator = "template"
+provider = "teacher"
+input = "cases.jsonl"
+prompt = "Answer briefly: {question}"
+params = {temperature = 0.2}
+output = "answer"
+"""
+
+
+def pending(spec: Path) -> int:
+    return orjson.loads(engine("status", spec, "--json").stdout)["stages"]["answer"]["counts"]["pending"]
+
+
+def test_each_answer_changing_setting_is_new_work(tmp_path: Path, fake_server) -> None:
+    fake_server.set(models=["test-model", "other-model"])
+    spec = write_spec(tmp_path, fake_server.url, cases=N, stages=STAGE, provider="params = {max_tokens = 50}")
+    engine("run", spec, "--quiet")
+    edits = [
+        ("temperature = 0.2", "temperature = 0.7"),  # the stage's sampling params
+        ('model = "test-model"', 'model = "other-model"'),  # the provider's model
+        ("max_tokens = 50", "max_tokens = 60"),  # the provider's default params
+        ('output = "answer"', 'output = "reply"'),  # a generator setting
+    ]
+    for old, new in edits:
+        spec.write_text(spec.read_text().replace(old, new))
+        assert pending(spec) == N, f"{new}: not new work"
+        before = fake_server.requests
+        engine("run", spec, "--quiet")
+        assert fake_server.requests == before + N + 1, f"{new}: not asked again"  # and a preflight
+    kept = outcomes(tmp_path / "out", "answer", "kept")
+    assert len(kept) == N and all(r["meta"]["model"] == "other-model" and "reply" in r for r in kept)
+    sent = fake_server.bodies[-1]
+    assert sent["temperature"] == 0.7 and sent["max_tokens"] == 60
+
+
+def test_filters_rates_timeouts_and_prices_are_not_new_work(tmp_path: Path, fake_server) -> None:
+    spec = write_spec(tmp_path, fake_server.url, cases=N, stages=STAGE)
+    engine("run", spec, "--quiet")
+    requests = fake_server.requests
+    text = spec.read_text().replace("max_concurrency = 8", "max_concurrency = 3\nrpm = 600\ntpm = 100000")
+    text = text.replace('api_key_env = "TEST_ENGINE_KEY"', 'api_key_env = "TEST_ENGINE_KEY"\ntimeout_s = 30')
+    text = text.replace("timeout_s = 30", "timeout_s = 30\nprice_in = 1.0\nprice_out = 2.0\nmax_retries = 2")
+    text += '\n[[stages.filters]]\nkind = "format"\nrequired = ["answer"]\n'
+    spec.write_text(text)
+    assert pending(spec) == 0
+    engine("run", spec, "--quiet")
+    assert fake_server.requests == requests  # nothing asked, not even a preflight
+
+
+def test_each_provider_kind_declares_the_keys_that_change_answers() -> None:
+    openai = OpenAIConfig(kind="openai", model="m", rpm=10, timeout_s=5, price_in=1)
+    assert openai.answer_settings() == {"model": "m", "params": {}, "extra_body": {}}
+    local = LocalConfig(kind="local", model="", adapter="adapters/a", threads=2, batch_size=4)
+    settings = local.answer_settings()
+    assert settings["adapter"] == "adapters/a" and {"dtype", "max_new_tokens", "params"} <= settings.keys()
+    assert not {"threads", "batch_size", "rpm", "timeout_s", "price_in"} & settings.keys()
