@@ -11,12 +11,12 @@ from pathlib import Path
 
 import orjson
 
-from tests.engine_helpers import ROOT, engine, write_spec
+from tests.engine_helpers import ROOT, engine_here, write_spec
 from tests.test_run_lock import wait_for_lines
 
 
 def spent(spec: Path) -> dict:
-    return orjson.loads(engine("status", spec, "--json").stdout)["providers"]["teacher"]
+    return orjson.loads(engine_here("status", spec, "--json").stdout)["providers"]["teacher"]
 
 
 def served_tokens(server) -> int:
@@ -27,12 +27,12 @@ def test_max_tokens_holds_across_invocations_and_a_spent_run_sends_nothing(
     tmp_path: Path, fake_server
 ) -> None:
     spec = write_spec(tmp_path, fake_server.url, cases=60, run="max_tokens = 800", concurrency=4)
-    first = engine("run", spec, "--quiet", check=False)
+    first = engine_here("run", spec, "--quiet", check=False)
     assert first.returncode == 1 and "budget reached" in first.stderr
     largest = max(tokens for _, tokens in fake_server.served_tokens)
     for _ in range(2):
         requests = fake_server.requests
-        again = engine("run", spec, "--quiet", check=False)
+        again = engine_here("run", spec, "--quiet", check=False)
         assert again.returncode == 1 and fake_server.requests == requests  # not even a preflight
         assert "raise [run] max_tokens" in again.stderr and str(spec) in again.stderr
     usage = spent(spec)
@@ -46,10 +46,10 @@ def test_max_cost_counts_every_invocation(tmp_path: Path, fake_server) -> None:
     spec = write_spec(
         tmp_path, fake_server.url, cases=40, run="max_cost = 0.01", provider="price_in = 100\nprice_out = 100"
     )
-    first = engine("run", spec, "--quiet", check=False)
+    first = engine_here("run", spec, "--quiet", check=False)
     assert first.returncode == 1 and "max_cost" in first.stderr
     requests = fake_server.requests
-    second = engine("run", spec, "--quiet", check=False)
+    second = engine_here("run", spec, "--quiet", check=False)
     assert (
         second.returncode == 1
         and fake_server.requests == requests
@@ -80,5 +80,5 @@ def test_a_killed_invocation_still_counts_and_status_matches_the_server(tmp_path
     assert served_tokens(fake_server) - in_flight * largest <= tokens <= served_tokens(fake_server)
     spec.write_text(spec.read_text().replace('out = "out"', f'out = "out"\nmax_tokens = {tokens}'))
     requests = fake_server.requests
-    over = engine("run", spec, "--quiet", check=False)  # the killed invocation's spend is the budget already
+    over = engine_here("run", spec, "--quiet", check=False)  # the killed invocation's spend is the budget
     assert over.returncode == 1 and "budget reached" in over.stderr and fake_server.requests == requests

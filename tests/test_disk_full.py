@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.engine_helpers import ROOT, assert_exactly_once, engine, outcomes, write_spec
+from tests.engine_helpers import ROOT, assert_exactly_once, engine_here, outcomes, write_spec
 
 N = 40
 
@@ -49,9 +49,9 @@ def test_a_short_write_then_efbig_stops_the_run_and_it_resumes(tmp_path: Path, f
     spec = write_spec(tmp_path, fake_server.url, cases=N, concurrency=2)
     proc = run_limited(spec, 4000)  # a journal line is ~400 bytes: the tenth or so crosses the limit
     assert_stopped_cleanly(proc, tmp_path / "out")
-    status = engine("status", spec)  # every later command reads the journal fine
+    status = engine_here("status", spec)  # every later command reads the journal fine
     assert "Traceback" not in status.stderr
-    engine("run", spec, "--quiet")
+    engine_here("run", spec, "--quiet")
     assert sorted(r["id"] for r in outcomes(tmp_path / "out", "answer", "kept")) == [
         f"c{i:04d}" for i in range(N)
     ]
@@ -82,10 +82,10 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(
     spec.write_text(spec.read_text().replace('out = "out"', 'out = "disk/out"'))
     filler = small_disk / "filler"
     filler.write_bytes(b"x" * (128 - 20) * 1024)  # 20 KB left: the run needs about 25
-    proc = engine("run", spec, "--quiet", check=False)
+    proc = engine_here("run", spec, "--quiet", check=False)
     assert_stopped_cleanly(proc, small_disk / "out")
     filler.unlink()
-    engine("run", spec, "--quiet")
+    engine_here("run", spec, "--quiet")
     kept = outcomes(small_disk / "out", "answer", "kept")
     assert sorted(r["id"] for r in kept) == [f"c{i:04d}" for i in range(N)]
     assert_exactly_once(small_disk / "out", "answer")

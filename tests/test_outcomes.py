@@ -12,7 +12,7 @@ import pytest
 from engine.derived import DerivedWriter, stale
 from tests.engine_helpers import (
     assert_exactly_once,
-    engine,
+    engine_here,
     outcomes,
     read_lines,
     write_cases,
@@ -24,18 +24,18 @@ N = 30
 
 
 def status(spec: Path) -> dict:
-    return orjson.loads(engine("status", spec, "--json").stdout)
+    return orjson.loads(engine_here("status", spec, "--json").stdout)
 
 
 def exported(spec: Path, stage: str, tmp_path: Path) -> list[str]:
     path = tmp_path / f"export-{stage}.jsonl"
-    engine("export", spec, "--stage", stage, "-o", path)
+    engine_here("export", spec, "--stage", stage, "-o", path)
     return [r["id"] for r in read_lines(path)]
 
 
 def test_one_shard_then_status_counts_what_it_did(tmp_path: Path, fake_server) -> None:
     spec = write_spec(tmp_path, fake_server.url, cases=N)
-    engine("run", spec, "--shard", "1/3", "--quiet")
+    engine_here("run", spec, "--shard", "1/3", "--quiet")
     done = len(read_lines(tmp_path / "out" / "answer" / "raw" / "shard-00000.jsonl"))
     assert 0 < done < N
     counts = status(spec)["stages"]["answer"]["counts"]
@@ -44,20 +44,20 @@ def test_one_shard_then_status_counts_what_it_did(tmp_path: Path, fake_server) -
 
 def test_replay_after_a_partial_sharded_run_keeps_every_shard(tmp_path: Path, fake_server) -> None:
     spec = write_spec(tmp_path, fake_server.url, cases=N, stages=CHAINED)
-    engine("run", spec, "--shard", "1/3", "--quiet")
-    engine("run", spec, "--shard", "2/3", "--quiet")
+    engine_here("run", spec, "--shard", "1/3", "--quiet")
+    engine_here("run", spec, "--shard", "2/3", "--quiet")
     before = {
         stage: sorted(r["id"] for r in outcomes(tmp_path / "out", stage, "kept"))
         for stage in ("first", "second")
     }
     requests = fake_server.requests
-    engine("filter", spec)
+    engine_here("filter", spec)
     assert fake_server.requests == requests  # a replay asks nothing
     for stage in ("first", "second"):
         assert (tmp_path / "out" / stage / "kept" / "shard-00001.jsonl").exists()  # not merged away
         assert sorted(exported(spec, stage, tmp_path)) == before[stage] != []
         assert_exactly_once(tmp_path / "out", stage)
-    engine("run", spec, "--shard", "3/3", "--quiet")
+    engine_here("run", spec, "--shard", "3/3", "--quiet")
     for stage in ("first", "second"):
         assert sorted(exported(spec, stage, tmp_path)) == [f"c{i:04d}" for i in range(N)]
     assert status(spec)["stages"]["second"]["counts"] == {"kept": N, "rejected": 0, "failed": 0, "pending": 0}
@@ -65,9 +65,9 @@ def test_replay_after_a_partial_sharded_run_keeps_every_shard(tmp_path: Path, fa
 
 def test_plain_run_after_a_sharded_run_exports_each_id_once(tmp_path: Path, fake_server) -> None:
     spec = write_spec(tmp_path, fake_server.url, cases=N, stages=CHAINED)
-    engine("run", spec, "--shard", "1/3", "--quiet")
-    engine("run", spec, "--shard", "3/3", "--quiet")
-    engine("run", spec, "--quiet")
+    engine_here("run", spec, "--shard", "1/3", "--quiet")
+    engine_here("run", spec, "--shard", "3/3", "--quiet")
+    engine_here("run", spec, "--quiet")
     for stage in ("first", "second"):
         assert sorted(exported(spec, stage, tmp_path)) == [f"c{i:04d}" for i in range(N)]
         assert_exactly_once(tmp_path / "out", stage)
@@ -79,11 +79,11 @@ def test_plain_run_after_a_sharded_run_exports_each_id_once(tmp_path: Path, fake
 
 def test_filter_then_resuming_one_shard_keeps_each_id_once(tmp_path: Path, fake_server) -> None:
     spec = write_spec(tmp_path, fake_server.url, cases=N, stages=CHAINED)
-    engine("run", spec, "--shard", "1/2", "--quiet")
-    engine("filter", spec)
-    engine("run", spec, "--shard", "1/2", "--quiet")
-    engine("run", spec, "--shard", "2/2", "--quiet")
-    engine("run", spec, "--shard", "1/2", "--quiet")
+    engine_here("run", spec, "--shard", "1/2", "--quiet")
+    engine_here("filter", spec)
+    engine_here("run", spec, "--shard", "1/2", "--quiet")
+    engine_here("run", spec, "--shard", "2/2", "--quiet")
+    engine_here("run", spec, "--shard", "1/2", "--quiet")
     for stage in ("first", "second"):
         assert sorted(exported(spec, stage, tmp_path)) == [f"c{i:04d}" for i in range(N)]
         assert_exactly_once(tmp_path / "out", stage)
@@ -91,9 +91,9 @@ def test_filter_then_resuming_one_shard_keeps_each_id_once(tmp_path: Path, fake_
 
 def test_two_stage_sharded_run_then_status_counts_each_input_once(tmp_path: Path, fake_server) -> None:
     spec = write_spec(tmp_path, fake_server.url, cases=N, stages=CHAINED)
-    engine("run", spec, "--shard", "2/3", "--quiet")
-    engine("run", spec, "--quiet")  # a plain run finishes what the shards left
-    engine("run", spec, "--shard", "1/3", "--quiet")  # and a shard run afterwards changes nothing
+    engine_here("run", spec, "--shard", "2/3", "--quiet")
+    engine_here("run", spec, "--quiet")  # a plain run finishes what the shards left
+    engine_here("run", spec, "--shard", "1/3", "--quiet")  # and a shard run afterwards changes nothing
     stages = status(spec)["stages"]
     assert stages["first"]["counts"] == {"kept": N, "rejected": 0, "failed": 0, "pending": 0}
     assert stages["second"]["counts"] == {"kept": N, "rejected": 0, "failed": 0, "pending": 0}
@@ -102,45 +102,45 @@ def test_two_stage_sharded_run_then_status_counts_each_input_once(tmp_path: Path
 def test_a_retried_failure_stays_in_the_journal_of_its_failure(tmp_path: Path, fake_server) -> None:
     spec = write_spec(tmp_path, fake_server.url, cases=N)
     fake_server.set(fail_when={"question number 7": 400, "question number 8": 400})
-    engine("run", spec, "--shard", "2/2", "--quiet")
-    engine("run", spec, "--shard", "1/2", "--quiet")
+    engine_here("run", spec, "--shard", "2/2", "--quiet")
+    engine_here("run", spec, "--shard", "1/2", "--quiet")
     failed = {r["id"] for r in outcomes(tmp_path / "out", "answer", "failed")}
     assert failed == {"c0007", "c0008"}
     fake_server.set(fail_when={})
-    engine("run", spec, "--quiet", "--retry-failed")  # a plain run holds every shard: it retries them all
+    engine_here("run", spec, "--quiet", "--retry-failed")  # a plain run holds every shard: retries them all
     assert outcomes(tmp_path / "out", "answer", "failed") == []
-    engine("run", spec, "--shard", "2/2", "--quiet")  # each shard still agrees on where each key lives
-    engine("run", spec, "--shard", "1/2", "--quiet")
+    engine_here("run", spec, "--shard", "2/2", "--quiet")  # each shard still agrees on where each key lives
+    engine_here("run", spec, "--shard", "1/2", "--quiet")
     assert_exactly_once(tmp_path / "out", "answer")
     assert sorted(exported(spec, "answer", tmp_path)) == [f"c{i:04d}" for i in range(N)]
 
 
 def test_journals_from_before_locks_with_a_key_twice_export_it_once(tmp_path: Path, fake_server) -> None:
     spec = write_spec(tmp_path, fake_server.url, cases=N)
-    engine("run", spec, "--quiet")
+    engine_here("run", spec, "--quiet")
     raw = tmp_path / "out" / "answer" / "raw"
     (raw / "shard-00003.jsonl").write_bytes((raw / "shard-00000.jsonl").read_bytes())  # two processes did all
-    proc = engine("export", spec, "--stage", "answer", check=False)
+    proc = engine_here("export", spec, "--stage", "answer", check=False)
     assert proc.returncode == 2 and "engine filter" in proc.stderr  # its answers are not filtered yet
-    engine("filter", spec)
+    engine_here("filter", spec)
     assert sorted(exported(spec, "answer", tmp_path)) == [f"c{i:04d}" for i in range(N)]
     assert_exactly_once(tmp_path / "out", "answer")
 
 
 def test_export_after_a_killed_run_says_what_to_run(tmp_path: Path, fake_server) -> None:
     spec = write_spec(tmp_path, fake_server.url, cases=N)
-    engine("run", spec, "--quiet", "--shard", "1/2")
+    engine_here("run", spec, "--quiet", "--shard", "1/2")
     raw = tmp_path / "out" / "answer" / "raw" / "shard-00000.jsonl"
     extra = read_lines(tmp_path / "out" / "answer" / "raw" / "shard-00000.jsonl")[:1]
-    engine("run", spec, "--quiet", "--shard", "2/2")
+    engine_here("run", spec, "--quiet", "--shard", "2/2")
     with open(
         raw, "ab"
     ) as f:  # what a SIGKILL between the journal and the commit leaves: an unfiltered answer
         f.write(orjson.dumps({**extra[0], "key": "0" * 24, "id": "x"}) + b"\n")
-    proc = engine("export", spec, "--stage", "answer", check=False)
+    proc = engine_here("export", spec, "--stage", "answer", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "shard 1" in proc.stderr and "engine filter" in proc.stderr
-    engine("run", spec, "--quiet", "--shard", "1/2")  # resuming the shard brings its files up to date
+    engine_here("run", spec, "--quiet", "--shard", "1/2")  # resuming the shard brings its files up to date
     assert sorted(exported(spec, "answer", tmp_path)) == [f"c{i:04d}" for i in range(N)]
 
 
@@ -208,5 +208,5 @@ def keys_in(stage: Path) -> dict[str, tuple[int, str]]:
 def test_export_of_a_stage_never_run_says_so(tmp_path: Path, fake_server) -> None:
     spec = write_spec(tmp_path, fake_server.url, cases=3)
     write_cases(tmp_path / "cases.jsonl", 3)
-    proc = engine("export", spec, "--stage", "answer", check=False)
+    proc = engine_here("export", spec, "--stage", "answer", check=False)
     assert proc.returncode == 2 and "no kept records yet" in proc.stderr

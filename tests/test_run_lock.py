@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.engine_helpers import ROOT, assert_exactly_once, engine, outcomes, read_lines, write_spec
+from tests.engine_helpers import ROOT, assert_exactly_once, engine_here, outcomes, read_lines, write_spec
 
 N = 24
 
@@ -52,9 +52,9 @@ def test_a_second_run_and_a_filter_are_refused_while_a_run_holds_it(tmp_path: Pa
     first = start(spec)
     wait_for_requests(fake_server, 1, first)
     started = time.monotonic()
-    refused(engine("run", spec, "--quiet", check=False), first.pid)
-    refused(engine("filter", spec, check=False), first.pid)
-    refused(engine("run", spec, "--quiet", "--shard", "1/2", check=False), first.pid)
+    refused(engine_here("run", spec, "--quiet", check=False), first.pid)
+    refused(engine_here("filter", spec, check=False), first.pid)
+    refused(engine_here("run", spec, "--quiet", "--shard", "1/2", check=False), first.pid)
     assert time.monotonic() - started < 60  # at once: nothing waited for the run
     fake_server.set(hold=None)
     assert first.wait(timeout=120) == 0, first.communicate()
@@ -62,7 +62,7 @@ def test_a_second_run_and_a_filter_are_refused_while_a_run_holds_it(tmp_path: Pa
     assert len(keys) == len(set(keys)) == N  # nothing asked twice, nothing billed twice
     assert fake_server.requests == N + 1  # and one preflight
     assert_exactly_once(tmp_path / "out", "answer")
-    engine("filter", spec)  # free again once the run ended
+    engine_here("filter", spec)  # free again once the run ended
 
 
 def test_a_killed_run_leaves_no_lock_behind(tmp_path: Path, fake_server) -> None:
@@ -73,7 +73,7 @@ def test_a_killed_run_leaves_no_lock_behind(tmp_path: Path, fake_server) -> None
     wait_for_lines(journal, 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    engine("run", spec, "--quiet")
+    engine_here("run", spec, "--quiet")
     assert sorted(r["id"] for r in outcomes(tmp_path / "out", "answer", "kept")) == [
         f"c{i:04d}" for i in range(N)
     ]
@@ -86,8 +86,8 @@ def test_shards_of_one_split_run_side_by_side_and_other_splits_wait(tmp_path: Pa
     wait_for_requests(fake_server, 1, one)
     two = start(spec, "--shard", "2/2")  # same N, other shard: disjoint keys, side by side
     wait_for_requests(fake_server, 2, two)  # both are past their locks, waiting for answers
-    refused(engine("run", spec, "--quiet", "--shard", "1/3", check=False), one.pid)  # another N: keys overlap
-    refused(engine("run", spec, "--quiet", check=False), one.pid)  # a plain run does every key
+    refused(engine_here("run", spec, "--quiet", "--shard", "1/3", check=False), one.pid)  # another N overlaps
+    refused(engine_here("run", spec, "--quiet", check=False), one.pid)  # a plain run does every key
     fake_server.set(hold=None)
     assert one.wait(timeout=120) == 0 and two.wait(timeout=120) == 0
     assert sorted(r["id"] for r in outcomes(tmp_path / "out", "answer", "kept")) == [
@@ -98,15 +98,15 @@ def test_shards_of_one_split_run_side_by_side_and_other_splits_wait(tmp_path: Pa
 
 def test_status_and_export_during_a_run_need_no_lock(tmp_path: Path, fake_server) -> None:
     spec = write_spec(tmp_path, fake_server.url, cases=N, concurrency=2)
-    engine("run", spec, "--quiet", "--shard", "1/2")
+    engine_here("run", spec, "--quiet", "--shard", "1/2")
     journal = tmp_path / "out" / "answer" / "raw" / "shard-00001.jsonl"
     fake_server.set(latency_s=0.2)
     proc = start(spec, "--shard", "2/2")
     wait_for_lines(journal, 2, proc)
     fake_server.set(hold="question")  # the other answers wait: the run is in progress
-    status = engine("status", spec).stdout  # no lock needed, and it says who is writing what
+    status = engine_here("status", spec).stdout  # no lock needed, and it says who is writing what
     assert f"answered items are not in kept/rejected/failed yet: pid {proc.pid}" in status
-    export = engine("export", spec, "--stage", "answer", "-o", tmp_path / "now.jsonl")
+    export = engine_here("export", spec, "--stage", "answer", "-o", tmp_path / "now.jsonl")
     assert f"pid {proc.pid}" in export.stderr  # says that shard 2 is still being written
     ids = [r["id"] for r in read_lines(tmp_path / "now.jsonl")]
     assert len(ids) == len(set(ids)) and set(ids) <= {f"c{i:04d}" for i in range(N)}

@@ -9,7 +9,7 @@ import orjson
 
 from engine.providers.local import LocalConfig
 from engine.providers.openai import OpenAIConfig
-from tests.engine_helpers import engine, outcomes, write_spec
+from tests.engine_helpers import engine_here, outcomes, write_spec
 
 N = 6
 STAGE = """
@@ -25,13 +25,13 @@ output = "answer"
 
 
 def pending(spec: Path) -> int:
-    return orjson.loads(engine("status", spec, "--json").stdout)["stages"]["answer"]["counts"]["pending"]
+    return orjson.loads(engine_here("status", spec, "--json").stdout)["stages"]["answer"]["counts"]["pending"]
 
 
 def test_each_answer_changing_setting_is_new_work(tmp_path: Path, fake_server) -> None:
     fake_server.set(models=["test-model", "other-model"])
     spec = write_spec(tmp_path, fake_server.url, cases=N, stages=STAGE, provider="params = {max_tokens = 50}")
-    engine("run", spec, "--quiet")
+    engine_here("run", spec, "--quiet")
     edits = [
         ("temperature = 0.2", "temperature = 0.7"),  # the stage's sampling params
         ('model = "test-model"', 'model = "other-model"'),  # the provider's model
@@ -42,7 +42,7 @@ def test_each_answer_changing_setting_is_new_work(tmp_path: Path, fake_server) -
         spec.write_text(spec.read_text().replace(old, new))
         assert pending(spec) == N, f"{new}: not new work"
         before = fake_server.requests
-        engine("run", spec, "--quiet")
+        engine_here("run", spec, "--quiet")
         assert fake_server.requests == before + N + 1, f"{new}: not asked again"  # and a preflight
     kept = outcomes(tmp_path / "out", "answer", "kept")
     assert len(kept) == N and all(r["meta"]["model"] == "other-model" and "reply" in r for r in kept)
@@ -52,7 +52,7 @@ def test_each_answer_changing_setting_is_new_work(tmp_path: Path, fake_server) -
 
 def test_filters_rates_timeouts_and_prices_are_not_new_work(tmp_path: Path, fake_server) -> None:
     spec = write_spec(tmp_path, fake_server.url, cases=N, stages=STAGE)
-    engine("run", spec, "--quiet")
+    engine_here("run", spec, "--quiet")
     requests = fake_server.requests
     text = spec.read_text().replace("max_concurrency = 8", "max_concurrency = 3\nrpm = 600\ntpm = 100000")
     text = text.replace('api_key_env = "TEST_ENGINE_KEY"', 'api_key_env = "TEST_ENGINE_KEY"\ntimeout_s = 30')
@@ -60,7 +60,7 @@ def test_filters_rates_timeouts_and_prices_are_not_new_work(tmp_path: Path, fake
     text += '\n[[stages.filters]]\nkind = "format"\nrequired = ["answer"]\n'
     spec.write_text(text)
     assert pending(spec) == 0
-    engine("run", spec, "--quiet")
+    engine_here("run", spec, "--quiet")
     assert fake_server.requests == requests  # nothing asked, not even a preflight
 
 
