@@ -131,3 +131,23 @@ class RoundCommit:
                 self.kept.extend(kept)
             self.done += 1
         return self.done
+
+
+def count_status(
+    report: StageReport,
+    key: str,
+    journal: Journal,
+    derived: dict[str, str],
+    kept: list[Record] | None,
+) -> None:
+    """`status`: what the derived files hold for this key (or that it has none yet)."""
+    outcome = derived.get(key) if key in journal else None
+    if outcome is None:
+        report.counts["unfiltered" if key in journal else "pending"] += 1
+    elif outcome in ("kept", "failed"):
+        report.counts[outcome] += 1
+        if outcome == "kept" and kept is not None:  # a feedback generator's next round needs them
+            kept.append(journal.get(key)["record"])
+    else:
+        report.counts["rejected"] += 1
+        report.reasons[outcome] += 1

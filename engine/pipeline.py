@@ -10,7 +10,6 @@ derived files; a run of `--shard I/N` rewrites shard I's only.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import signal
 import time
@@ -20,13 +19,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
-
-from engine.commit import Committer, RoundCommit, StageReport
+from engine.commit import Committer, RoundCommit, StageReport, count_status
 from engine.derived import DerivedWriter, derived_outcomes, stale_note
 from engine.errors import BadOutput, DiskFull, Fatal, ProviderError, RunStopped, SpecError
 from engine.journal import Journal
+from engine.keys import answer_settings, key_shard, work_key
 from engine.lock import RunLock
+from engine.manifest import build_manifest
 from engine.named_runs import RECORD
 from engine.progress import StageProgress
 from engine.spec import LoadedSpec, StageSpec
@@ -38,33 +37,6 @@ from filters.base import Filter, build_filter
 from generators.base import Generator
 
 Mode = Literal["run", "replay", "status"]
-
-
-def work_key(stage: str, item: WorkItem, round_no: int, settings: Any = None) -> str:
-    """`settings`: what changes every answer of the stage besides the item (see `answer_settings`)."""
-    payload = [stage, str(item.record["id"]), item.sample, round_no, item.fingerprint, settings]
-    try:
-        blob = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    except TypeError as exc:
-        raise SpecError(f"stage {stage!r}: the generator's fingerprint cannot be hashed ({exc})") from None
-    return hashlib.sha256(blob).hexdigest()[:24]
-
-
-def answer_settings(loaded: LoadedSpec, stage: StageSpec) -> list[Any]:
-    """What changes every answer of a stage besides the item itself: the stage's sampling params, the
-    generator's settings and the provider's (its Config's `answer_fields`). Filters, rates, concurrency,
-    timeouts and prices are not here: changing them is never new work."""
-    gen = loaded.generators[stage.name]
-    provider = loaded.provider_configs.get(stage.provider or "")
-    return [
-        stage.params,
-        gen.config.model_dump(mode="json"),
-        provider.answer_settings() if provider else None,
-    ]
-
-
-def key_shard(key: str, shards: int) -> int:
-    return int(key[:8], 16) % shards
 
 
 class Pipeline:
@@ -183,7 +155,7 @@ class Pipeline:
                     for item in items:
                         key = work_key(stage.name, item, round_no, settings)
                         if self.mode == "status":
-                            self._count(report, key, journal, derived, commit.kept if feedback else None)
+                            count_status(report, key, journal, derived, commit.kept if feedback else None)
                             continue
                         where = journal.shard(key)
                         redo = self.retry_failed and self.mode == "run" and journal.failed(key)
@@ -235,26 +207,6 @@ class Pipeline:
     def _writes(self, shard: int | None) -> bool:
         """Whether this process rewrites the derived files of `shard` (its own, or all when exclusive)."""
         return shard is not None and (self.exclusive or shard == self.shard[0])
-
-    def _count(
-        self,
-        report: StageReport,
-        key: str,
-        journal: Journal,
-        derived: dict[str, str],
-        kept: list[Record] | None,
-    ) -> None:
-        """`status`: what the derived files hold for this key (or that it has none yet)."""
-        outcome = derived.get(key) if key in journal else None
-        if outcome is None:
-            report.counts["unfiltered" if key in journal else "pending"] += 1
-        elif outcome in ("kept", "failed"):
-            report.counts[outcome] += 1
-            if outcome == "kept" and kept is not None:  # a feedback generator's next round needs them
-                kept.append(journal.get(key)["record"])
-        else:
-            report.counts["rejected"] += 1
-            report.reasons[outcome] += 1
 
     def _note_stale(self, report: StageReport, stage_dir: Path) -> None:
         behind = report.counts.get("unfiltered", 0)
@@ -327,7 +279,6 @@ class Pipeline:
             return
         fresh[key] = entry
 
-    # ---- commit: one outcome per key -----------------------------------------------------
     # ---- inputs, shards, clients ---------------------------------------------------------
     def _inputs(self, stage: StageSpec) -> Iterator[Record]:
         if stage.input is None:
@@ -427,37 +378,9 @@ class Pipeline:
         )
 
     def manifest(self) -> dict[str, Any]:
-        from engine import versions
-
-        spec = self.loaded.spec
-        previous = {}
-        path = manifest_path(self.loaded.out_dir, self.shard)
-        if path.exists():
-            previous = orjson.loads(path.read_bytes())
-        stages = dict(previous.get("stages", {}))
-        stages.update({name: report.as_dict() for name, report in self.reports.items()})
         ledger = self.ledger or Ledger(self.loaded.out_dir)  # every invocation and shard of the run
-        ledger.refresh()
-        usage = ledger.usage()
-        providers = {
-            name: {**usage.get(name, {}), "kind": config.kind, "model": config.model}
-            for name, config in self.loaded.provider_configs.items()
-        }
-        pending = sum(s["counts"]["pending"] for s in stages.values())
-        return {
-            "name": spec.run.name,
-            "description": spec.run.description,
-            "spec": str(self.loaded.path),
-            "spec_hash": self.loaded.hash,
-            "overrides": list(self.loaded.overrides),  # `engine run --set` items (engine/named_runs.py)
-            "created": previous.get("created", _iso(self.started)),
-            "updated": _iso(time.time()),
-            "shard": list(self.shard),
-            "status": self.stop_reason or ("complete" if pending == 0 else "incomplete"),
-            "versions": versions(),
-            "providers": providers,
-            "stages": stages,
-        }
+        reports = {name: report.as_dict() for name, report in self.reports.items()}
+        return build_manifest(self.loaded, self.shard, reports, ledger, self.stop_reason, self.started)
 
 
 def _with_ids(path: Path, records: Iterable[Record]) -> Iterator[Record]:
@@ -486,7 +409,3 @@ def _meta(calls: list[Completion], client: Any, attempts: int) -> dict[str, Any]
         "attempts": attempts,
         "calls": len(calls),
     }
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
