@@ -2,8 +2,9 @@
 
 Runs aiohttp on 127.0.0.1 in a background thread with its own event loop, so sync tests, async tests
 and subprocesses can all talk to it. Behaviour (latency, 429/5xx, hangs, malformed bodies, RPM/TPM
-limits, API key, models, scripted answers) can be changed while it runs; everything it receives is
-counted so tests can assert exactly. Standalone: `python -m tests.server --port 8011 --latency 0.05`.
+limits, API key, models, scripted answers, trickled or huge bodies) can be changed while it runs;
+everything it receives is counted so tests can assert exactly.
+Standalone: `python -m tests.server --port 8011 --latency 0.05`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class Behaviour:
     answer: Callable[[dict[str, Any]], str] | None = None  # request body -> answer text
     shuffle_top: bool = True  # top_logprobs in a scrambled order, so clients must sort by logprob
     keep_bodies: bool = True  # keep every request body (turn off for long benchmarks)
+    trickle_bps: float | None = None  # send answer bodies at this many bytes per second (slowloris)
+    pad_bytes: int = 0  # pad every answer so its body is at least this many bytes (huge bodies)
+    chunked: bool = False  # send answer bodies chunked, without Content-Length
 
 
 def last_user_text(body: dict[str, Any]) -> str:
@@ -243,7 +247,28 @@ class FakeServer:
         payload = self._payload(body, text, finish, prompt_tokens, completion_tokens)
         with self._lock:
             self.served_tokens.append((time.monotonic(), prompt_tokens + completion_tokens))
+        if b.trickle_bps or b.chunked:
+            return await self._stream(request, orjson.dumps(payload), remaining)
         return _json(payload, headers=remaining)
+
+    async def _stream(self, request: web.Request, body: bytes, headers: dict[str, str]) -> web.StreamResponse:
+        """Send `body` in pieces: at `trickle_bps` (ten writes a second), and/or chunked (no length)."""
+        b = self.behaviour
+        response = web.StreamResponse(status=200, headers=headers)
+        response.content_type = "application/json"
+        if not b.chunked:
+            response.content_length = len(body)
+        await response.prepare(request)
+        step = max(1, int(b.trickle_bps / 10)) if b.trickle_bps else 1 << 20
+        try:
+            for start in range(0, len(body), step):
+                await response.write(body[start : start + step])
+                if b.trickle_bps:
+                    await asyncio.sleep(step / b.trickle_bps)
+            await response.write_eof()
+        except ConnectionError:  # the client gave up (its deadline, or a size cap): nothing to finish
+            pass
+        return response
 
     def _check_key(self, request: web.Request) -> web.Response | None:
         want = self.behaviour.api_key
@@ -302,6 +327,8 @@ class FakeServer:
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         if max_tokens is not None and count_tokens(text) > max_tokens:
             return text[: max_tokens * CHARS_PER_TOKEN], "length"
+        if self.behaviour.pad_bytes > len(text):
+            text += " " + "x" * (self.behaviour.pad_bytes - len(text))
         return text, "stop"
 
     def _payload(
@@ -389,6 +416,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate-window", type=float, default=60.0, help="sliding window for --rpm/--tpm, seconds")
     p.add_argument("--api-key", default=None, help="require this bearer key")
     p.add_argument("--model", action="append", default=None, help="served model (repeatable); default: any")
+    p.add_argument("--trickle", type=float, default=None, help="send answer bodies at this many bytes/s")
+    p.add_argument("--pad-bytes", type=int, default=0, help="pad answers to bodies of at least this size")
+    p.add_argument("--chunked", action="store_true", help="send answers chunked, without Content-Length")
     a = p.parse_args(argv)
     serve(
         a.port,
@@ -400,6 +430,9 @@ def main(argv: list[str] | None = None) -> None:
         api_key=a.api_key,
         models=a.model,
         keep_bodies=False,
+        trickle_bps=a.trickle,
+        pad_bytes=a.pad_bytes,
+        chunked=a.chunked,
     )
 
 

@@ -168,6 +168,32 @@ def test_hang_past_timeout_is_transient(fake_server: FakeServer) -> None:
     assert time.monotonic() - start < 3
 
 
+def test_timeout_is_a_deadline_for_the_whole_body(fake_server: FakeServer) -> None:
+    # 40 bytes a second: a byte arrives every read, so only a whole-request deadline ends it
+    fake_server.set(trickle_bps=40)
+    start = time.monotonic()
+    with pytest.raises(Transient, match=r"no answer .* within 1 s \(timeout_s, body included\)"):
+        ask(make(fake_server.url, timeout_s=1))
+    assert time.monotonic() - start < 2.5
+    fake_server.set(trickle_bps=100_000)  # a slow but steady body within the deadline is fine
+    assert ask(make(fake_server.url, timeout_s=5)).text == "hello there, friend"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_over_max_response_mb_fails_the_item(fake_server: FakeServer, chunked: bool) -> None:
+    fake_server.set(pad_bytes=3 * 1024 * 1024, chunked=chunked)
+    with pytest.raises(Fatal, match=r"larger than 1 MB .*; raise max_response_mb") as info:
+        ask(make(fake_server.url, max_response_mb=1))
+    assert not info.value.stop_run  # one item fails; the run goes on
+    assert len(ask(make(fake_server.url, max_response_mb=4)).text) > 3 * 1024 * 1024
+
+
+def test_error_bodies_are_capped_too(fake_server: FakeServer) -> None:
+    fake_server.fail_next(1, 400, message="x" * (2 * 1024 * 1024))
+    with pytest.raises(Fatal, match="larger than 1 MB"):
+        ask(make(fake_server.url, max_response_mb=1))
+
+
 @pytest.mark.parametrize(
     ("status", "code", "message", "stop_run"),
     [

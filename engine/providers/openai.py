@@ -2,11 +2,13 @@
 
 One request per call through `openai.AsyncOpenAI` with the SDK's own retries off; failures are
 translated into engine.errors classes (the client decides what to retry). API keys never appear in
-error text.
+error text. `timeout_s` is a deadline for the whole request, body included (a server trickling its
+answer cannot hold a request longer), and a body above `max_response_mb` is cut off and fails its item.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import os
 import time
@@ -36,6 +38,9 @@ class OpenAIConfig(ProviderConfig):
     base_url: str = "https://api.openai.com/v1"
     api_key_env: str | None = None  # NAME of the environment variable holding the key; unset: no key
     tokenizer: str | None = None  # local tokenizer.json (or its folder) for token estimates
+    max_response_mb: float = Field(
+        16.0, gt=0, description="a response body above this many MB fails its item instead of filling memory"
+    )
 
 
 class OpenAIProvider(Provider):
@@ -48,6 +53,7 @@ class OpenAIProvider(Provider):
         self._where = f"providers.{name}"
         self._key = self._read_key()
         self._tokenizer = self._load_tokenizer()
+        self._max_bytes = int(config.max_response_mb * 1024 * 1024)
         self._client = openai.AsyncOpenAI(
             base_url=config.base_url,
             api_key=self._key,
@@ -56,7 +62,8 @@ class OpenAIProvider(Provider):
             # aiohttp transport: about half the client CPU per request of the default httpx2 pool,
             # whose every request polls every pooled connection (benchmarks/engine_throughput.py)
             http_client=openai.DefaultAioHttpClient(
-                timeout=httpx2.Timeout(config.timeout_s, connect=min(config.timeout_s, 10.0))
+                timeout=httpx2.Timeout(config.timeout_s, connect=min(config.timeout_s, 10.0)),
+                event_hooks={"response": [self._cap_body]},
             ),
         )
 
@@ -112,19 +119,41 @@ class OpenAIProvider(Provider):
 
     async def _create(self, messages: list, params: dict, extra_body: dict, timeout: float) -> Completion:
         start = time.monotonic()
+        deadline = asyncio.timeout(timeout)  # the SDK's timeouts are per read: a trickle never ends them
         try:
             # The SDK's plain `post` keeps its auth, error classes and transport but skips the typed
             # request transform and the pydantic response models: a third of the client CPU per request.
             body = {"model": self.config.model, "messages": messages, **params, **(extra_body or {})}
-            raw = await self._client.post(
-                "/chat/completions", cast_to=httpx2.Response, body=body, options={"timeout": timeout}
-            )
+            async with deadline:
+                raw = await self._client.post(
+                    "/chat/completions", cast_to=httpx2.Response, body=body, options={"timeout": timeout}
+                )
             headers = {k.lower(): v for k, v in raw.headers.items() if k.lower().startswith(KEPT_HEADERS)}
             return self._to_completion(orjson.loads(raw.content), headers, time.monotonic() - start)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise _Unreachable(self._no_answer(timeout)) from None
+        except _TooLarge as exc:
+            raise Fatal(
+                f"{self._where}: response from {self.config.base_url} is larger than "
+                f"{self.config.max_response_mb:g} MB ({exc}); raise max_response_mb if that is expected"
+            ) from None
         except openai.APIError as exc:
             raise self._translate(exc, timeout) from None
         except (ValueError, LookupError, AttributeError, TypeError) as exc:  # JSON errors: ValueError
             raise Transient(f"{self._where}: malformed response body ({type(exc).__name__})") from None
+
+    async def _cap_body(self, response: httpx2.Response) -> None:
+        """httpx response hook, before the body is read: refuse or count it against max_response_mb."""
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self._max_bytes:
+            raise _TooLarge(f"Content-Length {int(length)} bytes")
+        response.stream = _CappedStream(response.stream, self._max_bytes)
+
+    def _no_answer(self, timeout: float) -> str:
+        url = self.config.base_url
+        return f"{self._where}: no answer from {url} within {timeout:g} s (timeout_s, body included)"
 
     def _to_completion(self, resp: dict[str, Any], headers: dict[str, str], latency: float) -> Completion:
         choice = resp["choices"][0]
@@ -143,7 +172,7 @@ class OpenAIProvider(Provider):
     def _translate(self, exc: openai.APIError, timeout: float) -> ProviderError:
         where, url = self._where, self.config.base_url
         if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
-            return _Unreachable(f"{where}: no answer from {url} within {timeout:g} s (timeout_s)")
+            return _Unreachable(self._no_answer(timeout))
         if isinstance(exc, openai.APIConnectionError):
             return _Unreachable(f"{where}: cannot reach {url}: {self._redact(str(exc.__cause__ or exc))}")
         if not isinstance(exc, openai.APIStatusError):  # a 200 whose body does not fit the schema
@@ -194,6 +223,28 @@ def _refused(exc: BaseException) -> bool:
 
 class _Unreachable(Transient):
     """Connection refused or timed out: retried during a run, fatal at preflight."""
+
+
+class _TooLarge(Exception):
+    """A response body above max_response_mb (not an httpx error, so the SDK lets it through as is)."""
+
+
+class _CappedStream(httpx2.AsyncByteStream):
+    """The response's byte stream, stopped with _TooLarge once more than `limit` bytes came in."""
+
+    def __init__(self, inner: Any, limit: int):
+        self._inner, self._limit = inner, limit
+
+    async def __aiter__(self) -> Any:
+        received = 0
+        async for chunk in self._inner:
+            received += len(chunk)
+            if received > self._limit:
+                raise _TooLarge(f"more than {self._limit} bytes")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def to_token_topk(content: list[Any]) -> list[TokenTopK]:
