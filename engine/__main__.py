@@ -1,5 +1,8 @@
 import sys
 
-from engine.cli import main
+try:
+    from engine.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the engine is still importing
+    sys.exit(130)
 
 sys.exit(main())

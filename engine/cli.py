@@ -1,12 +1,20 @@
-"""`python -m engine ...`: run, status, export and filter replay; other commands come from their packages."""
+"""`python -m engine ...`: run, status, export and filter replay; other commands come from their packages.
+
+Exit codes: 0 done; 1 stopped early (fatal provider error, breaker, budget) or an I/O error; 2 a spec or
+input error; 3 every item of the run ended but some failed; 130 / 143 stopped by SIGINT / SIGTERM
+(resumable); 141 the output pipe was closed (`| head`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import importlib
+import inspect
+import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +22,8 @@ import orjson
 
 from engine.errors import RunStopped, SpecError
 from engine.plugins import add_plugins, missing_dependency
+
+EXIT_STOPPED, EXIT_SPEC, EXIT_FAILED_ITEMS, EXIT_BROKEN_PIPE = 1, 2, 3, 141
 
 STANDALONE_FILTERS = ("dedupe", "leakage")
 EXPORTERS = {
@@ -38,7 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", default="1/1", help="I/N: run the I-th of N disjoint slices (1-based)")
     run.add_argument("--stage", action="append", help="run only this stage (repeatable)")
     run.add_argument("--retry-failed", action="store_true", help="request again the items that failed")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--quiet", action="store_true", help="no progress bar, and only warnings logged")
+    run.add_argument(
+        "--progress-every",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="when stderr is not a terminal: a progress line every S seconds (default 10)",
+    )
     run.add_argument(
         "--set",
         action="append",
@@ -130,19 +147,31 @@ def main(argv: list[str] | None = None) -> int:
             return filter_main(argv[1:]) or 0
         args = build_parser().parse_args(argv)
         handler = getattr(args, "handler", None) or args.func  # plugins set `func`
-        return handler(args) or 0
+        code = handler(args) or 0
+        sys.stdout.flush()  # a closed pipe shows up here, not at exit
+        return code
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_SPEC
     except ModuleNotFoundError as exc:
         missing = missing_dependency(exc, argv[0] if argv else "")
         if missing is None:
             raise
         print(f"error: {missing}", file=sys.stderr)
-        return 2
+        return EXIT_SPEC
     except RunStopped as exc:
         print(f"stopped: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_STOPPED
+    except BrokenPipeError:  # `engine status S | head -1`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:  # a full disk, a folder where a file was expected, no permission
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_STOPPED
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -164,20 +193,41 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
     from engine.pipeline import Pipeline
+    from engine.progress import setup_logging
 
     loaded = _load(args)
+    setup_logging(logging.WARNING if args.quiet else logging.INFO)
     pipeline = Pipeline(
         loaded,
         shard=_shard(args.shard),
         stages=args.stage,
         retry_failed=args.retry_failed,
         progress=not args.quiet,
+        progress_every_s=args.progress_every,
     )
     manifest = asyncio.run(pipeline.run())
-    if pipeline.stop_reason and not pipeline.stop_reason.startswith("stopped by"):
+    counts = {k: sum(r.counts[k] for r in pipeline.reports.values()) for k in ("failed", "pending")}
+    if pipeline.signalled:
+        message = f"{counts['pending']} items pending; run the same command to resume"
+        print(f"{pipeline.stop_reason}: {message}", file=sys.stderr)
+        return 128 + pipeline.signalled
+    if pipeline.stop_reason:
         raise RunStopped(pipeline.stop_reason)
     print(_status_table(manifest) if not args.quiet else f"{manifest['name']}: {manifest['status']}")
+    if counts["pending"]:
+        print(f"incomplete: {counts['pending']} items pending; run the same command again", file=sys.stderr)
+        return EXIT_STOPPED
+    if counts["failed"]:
+        total = sum(sum(r.counts.values()) for r in pipeline.reports.values())
+        print(
+            f"{counts['failed']} of {total} items failed (see {loaded.out_dir}/<stage>/failed/); "
+            f"`run --retry-failed` asks for them again",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED_ITEMS
     return 0
 
 
@@ -209,6 +259,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     loaded.stage(args.stage)
+    if args.output is not None and args.output.is_dir():
+        example = args.output / f"{args.stage}.jsonl"
+        raise SpecError(f"-o {args.output}: is a folder; give a file name, e.g. -o {example}")
     stage_dir = loaded.out_dir / args.stage
     if not (stage_dir / "kept").is_dir():
         again = f" --as {args.run_name}" if args.run_name else ""
@@ -232,8 +285,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         module, function = EXPORTERS[args.format].split(":")
         write = getattr(importlib.import_module(module), function)
     options = parse_overrides(args.set)
-    if options and args.format == "jsonl":
-        raise SpecError("export --format jsonl takes no --set options")
+    _check_options(write, options, args.format)
     if args.output is None:
         count = write(records, sys.stdout.buffer, **options)
     else:
@@ -282,6 +334,18 @@ def cmd_note(argv: list[str]) -> int:
     run = history.note(args.dir, args.name, args.score, args.text)
     print(f"noted {run.name}: {run.notes}")
     return 0
+
+
+def _check_options(write: Callable[..., int], options: dict[str, Any], fmt: str) -> None:
+    """Unknown `--set` options are named here; an exporter taking **options checks its own."""
+    params = list(inspect.signature(write).parameters.values())[2:]  # after (records, out)
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    known = [p.name for p in params if p.kind is p.KEYWORD_ONLY or p.default is not p.empty]
+    for key in options:
+        if key not in known:
+            takes = f"its options: {', '.join(known)}" if known else "it takes no --set options"
+            raise SpecError(f"export --format {fmt}: unknown option {key!r} ({takes})")
 
 
 def _write_jsonl(records: Any, out: Any) -> int:

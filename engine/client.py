@@ -1,15 +1,19 @@
 """LLMClient: the `llm` callable generators use. One provider behind its limiter, retry policy and
-circuit breaker, with running stats (requests, 429s, retries, tokens, cost, current window)."""
+circuit breaker, with running stats (requests, 429s, retries, tokens, cost, current window). Retries,
+429 pauses, breaker pauses and window changes are events: logged (engine/client_log.py) and passed to
+`on_event`. `halt()` stops sending: a request not yet sent raises Halted instead."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 from tenacity import RetryCallState
 
-from engine.errors import Fatal, ProviderError, RateLimited, RunStopped, Transient
+from engine.client_log import EventLog
+from engine.errors import Fatal, Halted, ProviderError, RateLimited, RunStopped, Transient
 from engine.limiter import Limiter
 from engine.providers.base import Provider
 from engine.retry import (
@@ -48,7 +52,10 @@ class LLMClient:
         self._backoff = (backoff_base_s, backoff_max_s)
         self._on_event = on_event
         self._meter = meter  # the run's ledger and budget; None: nothing recorded, no budget
+        self._log = EventLog(self.where)
         self._stopped: Fatal | None = None  # a stop_run error: later calls fail at once, without a request
+        self.halted = False  # the run is stopping: send nothing more
+        self.on_wire: set[asyncio.Task] = set()  # tasks whose request is being answered right now
         self.stats: dict[str, Any] = dict.fromkeys(
             ("requests", "ok", "rate_limited", "retries", "errors", "prompt_tokens", "completion_tokens"), 0
         )
@@ -79,33 +86,57 @@ class LLMClient:
             raise
         raise AssertionError("unreachable: the retry policy re-raises the last error")
 
+    def halt(self) -> None:
+        """Send nothing more: requests not yet on the wire raise Halted (their items stay pending)."""
+        self.halted = True
+
+    def paused_s(self) -> float:
+        """Seconds until new requests may go out (a 429 pause or a breaker pause), 0 when not paused."""
+        return max(0.0, max(self.limiter.paused_until, self.breaker.paused_until) - time.monotonic())
+
     async def _attempt(self, request: ChatRequest, estimate: int, number: int) -> Completion:
         if self._stopped is not None:
             raise Fatal(str(self._stopped), status=self._stopped.status, stop_run=True)
         await self.breaker.wait()
-        async with self.limiter.slot(estimate), self._metered(number, estimate) as ticket:
-            self.stats["requests"] += 1
-            ticket.sent = True
-            try:
-                completion = await self.provider.complete(request)
-            except RateLimited as exc:
-                ticket.status = exc.status
-                self.stats["rate_limited"] += 1
-                self.limiter.on_rate_limited(estimate, exc.retry_after)
+        async with self.limiter.slot(estimate):
+            if self.halted:
+                raise Halted(f"{self.where}: the run is stopping; request not sent")
+            async with self._metered(number, estimate) as ticket:
+                return await self._send(request, estimate, ticket)
+
+    async def _send(self, request: ChatRequest, estimate: int, ticket: Ticket) -> Completion:
+        """One request on the wire, its ledger ticket filled in, the limiter and breaker told."""
+        self.stats["requests"] += 1
+        ticket.sent = True
+        task = asyncio.current_task()
+        if task is not None:
+            self.on_wire.add(task)
+        try:
+            completion = await self.provider.complete(request)
+        except RateLimited as exc:
+            ticket.status = exc.status
+            self.stats["rate_limited"] += 1
+            window = int(self.limiter.window.size)
+            self.limiter.on_rate_limited(estimate, exc.retry_after)
+            self._emit("rate_limited", pause_s=self.paused_s())
+            self._window_changed(window, "HTTP 429")
+            raise
+        except (Transient, Fatal) as exc:
+            ticket.status = exc.status
+            self.limiter.on_error(estimate, tokens_used=isinstance(exc, Transient))
+            if isinstance(exc, Fatal) and exc.stop_run:
+                self._stopped = exc
+                self._emit("stop_run", error=str(exc))
                 raise
-            except (Transient, Fatal) as exc:
-                ticket.status = exc.status
-                self.limiter.on_error(estimate, tokens_used=isinstance(exc, Transient))
-                if isinstance(exc, Fatal) and exc.stop_run:
-                    self._stopped = exc
-                    self._emit("stop_run", error=str(exc))
-                    raise
-                self._count_failure(exc)
-                raise
-            finally:
-                self.stats["window"] = self.limiter.window.size
-            ticket.status, ticket.usage, ticket.cost = 200, completion.usage, self._cost(completion)
+            self._count_failure(exc)
+            raise
+        finally:
+            self.on_wire.discard(task)  # type: ignore[arg-type]
+            self.stats["window"] = self.limiter.window.size
+        ticket.status, ticket.usage, ticket.cost = 200, completion.usage, self._cost(completion)
+        window = int(self.limiter.window.size)
         self.limiter.on_success(estimate, completion)
+        self._window_changed(window, "latency rising" if self.limiter.window.size < window else "recovering")
         self.breaker.success()
         self._count_success(completion)
         return completion
@@ -121,10 +152,20 @@ class LLMClient:
         usage, config = completion.usage, self.provider.config
         return (usage.prompt_tokens * config.price_in + usage.completion_tokens * config.price_out) / 1e6
 
+    def _window_changed(self, before: int, why: str) -> None:
+        after = int(self.limiter.window.size)
+        if after != before:
+            self._emit("window", old=before, new=after, why=why)
+
     def _count_failure(self, exc: ProviderError) -> None:
         change = self.breaker.failure(exc)
         if change == "pause":
-            self._emit("breaker_pause", pause_s=self.breaker.pause_s, error=self.breaker.last_error)
+            self._emit(
+                "breaker_pause",
+                pause_s=self.breaker.pause_s,
+                threshold=self.breaker.threshold,
+                error=self.breaker.last_error,
+            )
         elif change == "stop":
             self._emit("breaker_stop", error=self.breaker.last_error)
         if self.breaker.stopped:
@@ -142,11 +183,18 @@ class LLMClient:
         self.stats["retries"] += 1
         exc = state.outcome.exception() if state.outcome else None
         wait_s = state.next_action.sleep if state.next_action else 0.0
-        self._emit("retry", attempt=state.attempt_number, error=f"{type(exc).__name__}: {exc}", wait_s=wait_s)
+        self._emit(
+            "retry",
+            attempt=state.attempt_number,
+            max_retries=self.provider.config.max_retries,
+            error=f"{type(exc).__name__}: {exc}",
+            wait_s=wait_s,
+        )
 
     def _emit(self, event: str, **data: Any) -> None:
         if self._on_event is not None:
             self._on_event(event, {"provider": self.provider.name, **data})
+        self._log(event, data)
 
     async def preflight(self) -> None:
         """One cheap request before fan-out; raises Fatal(stop_run=True) with a one-line reason."""
@@ -176,6 +224,7 @@ class LLMClient:
                 raise Fatal(str(exc), status=exc.status, stop_run=True) from None
 
     async def aclose(self) -> None:
+        self._log.flush()
         await self.provider.aclose()
 
 

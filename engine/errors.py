@@ -59,3 +59,7 @@ class DiskFull(RunStopped):
 
 class RunBusy(SpecError):
     """Another process holds the run (or this shard of it): one line naming that process."""
+
+
+class Halted(EngineError):
+    """The run is stopping: this request was never sent, and its item stays pending (no outcome)."""

@@ -36,6 +36,8 @@ def build_manifest(
         for name, config in loaded.provider_configs.items()
     }
     pending = sum(s["counts"]["pending"] for s in stages.values())
+    failed = sum(s["counts"]["failed"] for s in stages.values())
+    ended = f"finished, {failed} failed" if failed else "complete"  # never "complete" with failures
     return {
         "name": spec.run.name,
         "description": spec.run.description,
@@ -45,7 +47,7 @@ def build_manifest(
         "created": previous.get("created", _iso(started)),
         "updated": _iso(time.time()),
         "shard": list(shard),
-        "status": stop_reason or ("complete" if pending == 0 else "incomplete"),
+        "status": stop_reason or ("incomplete" if pending else ended),
         "versions": versions(),
         "providers": providers,
         "stages": stages,

@@ -5,6 +5,10 @@ rebuild kept/rejected/failed from the journals with the current filters) and `st
 no writes; count what the files hold). Commit order is deterministic: round, then input order, then
 sample. A plain run and a replay hold the whole run (engine/lock.py) and rewrite every shard's
 derived files; a run of `--shard I/N` rewrites shard I's only.
+
+Stopping: a budget or a fatal provider error stops sending and lets requests on the wire finish;
+SIGINT/SIGTERM also cancel those after `[run] grace_s` (engine/signals.py: a second signal exits at once).
+Either way an item without a journal line stays pending, so the same command resumes.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import asyncio
 import itertools
 import signal
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
@@ -21,16 +24,24 @@ from typing import Any, Literal
 
 from engine.commit import Committer, RoundCommit, StageReport, count_status
 from engine.derived import DerivedWriter, derived_outcomes, stale_note
-from engine.errors import BadOutput, DiskFull, Fatal, ProviderError, RunStopped, SpecError
+from engine.errors import BadOutput, DiskFull, Fatal, Halted, ProviderError, RunStopped, SpecError
 from engine.journal import Journal
 from engine.keys import answer_settings, key_shard, work_key
 from engine.lock import RunLock
 from engine.manifest import build_manifest
 from engine.named_runs import RECORD
-from engine.progress import StageProgress
+from engine.progress import PLAIN_EVERY_S, StageProgress
+from engine.signals import SignalStop
 from engine.spec import LoadedSpec, StageSpec
 from engine.spend import Budget, Ledger, Meter
-from engine.store import manifest_path, read_jsonl, read_outcome, shard_name, write_json_atomic
+from engine.store import (
+    manifest_path,
+    numbered_jsonl,
+    read_jsonl,
+    read_outcome,
+    shard_name,
+    write_json_atomic,
+)
 from engine.taskpool import TaskPool
 from engine.types import ChatRequest, Completion, Record, WorkItem
 from filters.base import Filter, build_filter
@@ -49,16 +60,26 @@ class Pipeline:
         stages: list[str] | None = None,
         retry_failed: bool = False,
         progress: bool = True,
+        progress_every_s: float = PLAIN_EVERY_S,
     ):
         self.loaded = loaded
         self.mode = mode
         self.shard = shard
         self.only = set(stages or [])
         self.retry_failed = retry_failed
-        self.progress = StageProgress(enabled=progress and mode == "run")
+        self.progress = StageProgress(
+            enabled=progress and mode == "run", every_s=progress_every_s, logs=mode == "run"
+        )
         self.clients: dict[str, Any] = {}
         self.stopping = asyncio.Event()
         self.stop_reason = ""
+        self.signalled: int | None = None  # SIGINT / SIGTERM that stopped the run
+        self._grace: asyncio.TimerHandle | None = None
+        self._pool: TaskPool | None = None  # the stage's items in flight
+        self._preflights: list[asyncio.Task] = []
+        self._ready: set[str] = set()  # providers that passed their preflight
+        self._current: StageSpec | None = None
+        self._stats_at_start: dict[str, Any] = {}
         self.reports: dict[str, StageReport] = {}
         self.started = time.time()
         # a plain run and a replay hold the whole run: they may write (and repair) every shard's files
@@ -92,22 +113,19 @@ class Pipeline:
             budget = Budget(self.ledger, spec.max_tokens, spec.max_cost, str(self.loaded.path))
             budget.check()  # a run over budget sends nothing, not even a preflight
             self.meter = Meter(self.ledger, budget)
-        loop = asyncio.get_running_loop()
-        if self.mode == "run":
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self.stop, f"stopped by {signal.Signals(sig).name}")
+        signals = SignalStop(asyncio.get_running_loop(), self._on_signal, enabled=self.mode == "run")
         try:
-            for stage in self.loaded.spec.stages:
-                if self.only and stage.name not in self.only:
-                    continue
-                if self.stopping.is_set():
-                    self.reports[stage.name] = StageReport(stage.name)
-                    continue
-                self.reports[stage.name] = await self._stage(stage)
+            with signals:
+                if self.mode == "run":
+                    self._build_clients()  # every key is checked before the first request of the run
+                for stage in self._stages():
+                    if self.stopping.is_set():
+                        self.reports[stage.name] = StageReport(stage.name)
+                        continue
+                    self.reports[stage.name] = await self._stage(stage)
         finally:
-            if self.mode == "run":
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
+            if self._grace is not None:
+                self._grace.cancel()
             for client in self.clients.values():
                 await client.aclose()
             self.progress.stop()
@@ -116,11 +134,36 @@ class Pipeline:
             write_json_atomic(manifest_path(self.loaded.out_dir, self.shard), manifest)
         return manifest
 
-    def stop(self, reason: str) -> None:
+    def _stages(self) -> list[StageSpec]:
+        return [s for s in self.loaded.spec.stages if not self.only or s.name in self.only]
+
+    def stop(self, reason: str, *, grace_s: float | None = None) -> None:
+        """Send nothing more; requests on the wire finish (within `grace_s` when given), the rest of the
+        items in flight are cancelled at once. Cancelled items have no outcome: they stay pending."""
         if not self.stopping.is_set():
             self.stop_reason = reason
-            self.progress.log(f"[yellow]{reason}: finishing requests in flight, then stopping")
+            wait = f"up to {grace_s:g} s " if grace_s is not None else ""
+            again = " (a second signal exits at once)" if grace_s is not None else ""
+            self.progress.log(f"[yellow]{reason}: waiting {wait}for requests in flight, then stopping{again}")
         self.stopping.set()
+        for client in self.clients.values():
+            client.halt()
+        on_wire = set().union(*(client.on_wire for client in self.clients.values()))
+        self._cancel(lambda task: task not in on_wire)
+        if grace_s is not None and self._grace is None:
+            self._grace = asyncio.get_running_loop().call_later(grace_s, self._cancel, lambda task: True)
+
+    def _on_signal(self, signum: int) -> None:
+        self.signalled = signum
+        name = signal.Signals(signum).name
+        self.stop(f"stopped by {name}", grace_s=self.loaded.spec.run.grace_s)
+
+    def _cancel(self, which: Any) -> None:
+        current = asyncio.current_task()
+        tasks = [*(self._pool.tasks if self._pool else ()), *self._preflights]
+        for task in tasks:
+            if task is not current and which(task):
+                task.cancel()
 
     def _fail(self, exc: DiskFull) -> None:
         """Stop without committing more: the error is reported once, when the run ends."""
@@ -144,14 +187,19 @@ class Pipeline:
         derived = derived_outcomes(stage_dir) if self.mode == "status" else {}
         feedback = type(gen).accept is not Generator.accept  # keep a round's records only if asked
         settings = answer_settings(self.loaded, stage)
-        self.progress.start(stage.name, self._expected(stage))
+        self._current = stage
+        self._stats_at_start = {name: dict(client.stats) for name, client in self.clients.items()}
+        ticker = None
         try:
-            inputs = self._checked(gen, self._inputs(stage))
+            self.progress.start(stage.name, self._expected(stage, gen))
+            ticker = asyncio.create_task(self._tick()) if self.progress.enabled else None
+            inputs = self._inputs(stage)
             for round_no, items in enumerate(gen.rounds(inputs)):
                 commit = RoundCommit(
                     journal, Committer(chain, writer, report, journal), keep_records=feedback
                 )
                 async with TaskPool(self._in_flight(stage)) as pool:
+                    self._pool = pool
                     for item in items:
                         key = work_key(stage.name, item, round_no, settings)
                         if self.mode == "status":
@@ -159,7 +207,7 @@ class Pipeline:
                             continue
                         where = journal.shard(key)
                         redo = self.retry_failed and self.mode == "run" and journal.failed(key)
-                        redo = redo and self._writes(where)
+                        redo = redo and self._writes(where) and not self.stopping.is_set()
                         if where is not None and not redo:
                             if self._writes(where):  # an outcome in a journal this process mirrors
                                 commit.order.append(key)
@@ -174,6 +222,8 @@ class Pipeline:
                         if redo:
                             commit.redoing.add(key)
                         client = await self._client(stage.provider)
+                        if self.stopping.is_set():  # a signal during the preflight: left for the final pass
+                            continue
                         target = where if redo else None  # a retry goes where the failure is
                         task = self._item(
                             stage, gen, item, key, round_no, client, commit.fresh, journal, target
@@ -198,6 +248,9 @@ class Pipeline:
                 writer.abort()
             raise
         finally:
+            self._pool = None
+            if ticker is not None:
+                ticker.cancel()
             journal.close()
             self.progress.stop()
         report.seconds = time.monotonic() - started
@@ -217,7 +270,13 @@ class Pipeline:
             report.notes.append(stale_note(stage_dir, self.loaded.out_dir, replay, behind))
 
     def _advance(self, commit: RoundCommit) -> None:
-        self.progress.update(commit.advance(), self._stats())
+        self.progress.update(commit.advance(), self._stage_stats())
+
+    async def _tick(self) -> None:
+        """Refresh the progress line once a second, also while nothing finishes (a pause, a hang)."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.progress.update(None, self._stage_stats())
 
     async def _item(
         self,
@@ -268,6 +327,8 @@ class Pipeline:
         except RunStopped as exc:
             self.stop(str(exc))
             return
+        except Halted:  # the run is stopping and this request was never sent: the item stays pending
+            return
         except ProviderError as exc:
             entry.update(status="failed", error=type(exc).__name__, message=str(exc), status_code=exc.status)
         except Exception as exc:  # a generator bug must not take the run down: the record fails visibly
@@ -286,8 +347,7 @@ class Pipeline:
         if self._is_stage(stage.input):
             records: Iterable[Record] = self._stage_records(stage.input)
         else:
-            path = self.loaded.base_dir / stage.input
-            records = _with_ids(path, read_jsonl(path))
+            records = read_jsonl(self.loaded.base_dir / stage.input)  # checked by _expected
         return itertools.islice(records, stage.limit) if stage.limit else iter(records)
 
     def _is_stage(self, name: str) -> bool:
@@ -302,14 +362,6 @@ class Pipeline:
         path = self.loaded.out_dir / name / "kept" / shard_name(self.shard[0])
         return read_jsonl(path) if path.exists() else iter(())
 
-    def _checked(self, gen: Any, records: Iterator[Record]) -> Iterator[Record]:
-        first = next(records, None)
-        if first is None:
-            return
-        gen.check(first)
-        yield first
-        yield from records
-
     def _mine(self, stage: StageSpec, key: str, item: WorkItem) -> bool:
         """Whether this process asks for a key: all of them unless sharded. Stages that read a file are
         split by key hash; later stages take the records their own shard kept."""
@@ -322,32 +374,63 @@ class Pipeline:
             return str(item.record["id"]) in self._own_inputs[stage.name]
         return key_shard(key, count) == index
 
-    def _expected(self, stage: StageSpec) -> int | None:
+    def _expected(self, stage: StageSpec, gen: Generator) -> int | None:
+        """Check every input record before the stage sends anything (one line naming file:line on the
+        first bad one), and return the stage's total for the progress bar."""
         if stage.input is None:
-            return None
+            return gen.total(None)
         if self._is_stage(stage.input):
             mine = self._own_records if self.mode == "run" and self.shard[1] > 1 else self._stage_records
-            n = sum(1 for _ in mine(stage.input))
+            n = 0
+            for n, record in enumerate(itertools.islice(mine(stage.input), stage.limit), 1):
+                _check_record(gen, record, f"stage {stage.input!r}, kept record {n}")
         else:
-            with open(self.loaded.base_dir / stage.input, "rb") as f:
-                n = sum(1 for line in f if line.strip()) // self.shard[1]
-        return min(n, stage.limit or n) * stage.samples
+            path = self.loaded.base_dir / stage.input
+            seen: set[str] = set()
+            for line, record in itertools.islice(numbered_jsonl(path), stage.limit):
+                where = f"{path}:{line}"
+                rid = _check_id(record, where)
+                if rid in seen:
+                    raise SpecError(f"{where}: id {rid!r} repeats an earlier record's; ids must be unique")
+                seen.add(rid)
+                _check_record(gen, record, where)
+            n = len(seen) // self.shard[1]
+        return gen.total(n)
 
-    async def _client(self, name: str | None) -> Any:
-        if name is None:
-            raise SpecError("this stage needs a provider")
-        if name not in self.clients:
-            from engine.client import LLMClient
-            from engine.providers import provider_class
+    def _build_clients(self) -> None:
+        """One client per provider the stages to run use; building one reads its key (SpecError if unset)."""
+        from engine.client import LLMClient
+        from engine.providers import provider_class
 
+        for stage in self._stages():
+            name = stage.provider
+            if name is None or name in self.clients:
+                continue
             config = self.loaded.provider_configs[name]
             provider = provider_class(config.kind)(name, config, cache_dir=self.loaded.cache_dir)
-            client = LLMClient(provider, meter=self.meter)
-            self.clients[name] = client
+            self.clients[name] = LLMClient(provider, meter=self.meter)
+
+    async def _client(self, name: str | None) -> Any:
+        """The stage's client. Before the first request of the run, every provider this and the later
+        stages use is preflighted at once, so a bad key for a later stage stops the run before it pays."""
+        if name is None:
+            raise SpecError("this stage needs a provider")
+        if name not in self._ready:
+            stages = self._stages()
+            later = stages[stages.index(self._current) :] if self._current in stages else stages
+            names = [n for n in dict.fromkeys(s.provider for s in later) if n and n not in self._ready]
+            self._preflights = [asyncio.create_task(self.clients[n].preflight()) for n in names]
             try:
-                await client.preflight()
-            except (Fatal, ProviderError) as exc:
-                raise RunStopped(f"provider {name!r} failed its preflight: {exc}") from None
+                results = await asyncio.gather(*self._preflights, return_exceptions=True)
+            finally:
+                self._preflights = []
+            for provider, result in zip(names, results, strict=True):
+                if isinstance(result, (Fatal, ProviderError)):
+                    raise RunStopped(f"provider {provider!r} failed its preflight: {result}")
+                if isinstance(result, Exception):
+                    raise result
+                if result is None:
+                    self._ready.add(provider)
         return self.clients[name]
 
     def _in_flight(self, stage: StageSpec) -> int:
@@ -363,12 +446,19 @@ class Pipeline:
             chain.append(build_filter(options.pop("kind"), options, base_dir=self.loaded.base_dir))
         return chain
 
-    # ---- budget, stats, manifest ---------------------------------------------------------
-    def _stats(self) -> dict[str, Any]:
-        total: Counter = Counter()
-        for client in self.clients.values():
-            total.update({k: v for k, v in client.stats.items() if isinstance(v, int | float)})
-        return dict(total)
+    # ---- stats, manifest -----------------------------------------------------------------
+    def _stage_stats(self) -> dict[str, Any]:
+        """The current stage's provider figures since the stage started (rates are per stage)."""
+        name = self._current.provider if self._current else None
+        client = self.clients.get(name or "")
+        if client is None:
+            return {}
+        before = self._stats_at_start.get(name, {})
+        stats = {k: v - before.get(k, 0) for k, v in client.stats.items() if isinstance(v, int | float)}
+        stats["window"] = int(client.limiter.window.size)
+        stats["window_max"] = client.limiter.window.limit
+        stats["paused_s"] = client.paused_s()
+        return stats
 
     def _log_stage(self, report: StageReport) -> None:
         c = report.counts
@@ -383,16 +473,21 @@ class Pipeline:
         return build_manifest(self.loaded, self.shard, reports, ledger, self.stop_reason, self.started)
 
 
-def _with_ids(path: Path, records: Iterable[Record]) -> Iterator[Record]:
-    seen: set[str] = set()
-    for number, record in enumerate(records, 1):
-        if "id" not in record:
-            raise SpecError(f"{path}: record {number} has no 'id' field; every input record needs one")
-        rid = str(record["id"])
-        if rid in seen:
-            raise SpecError(f"{path}: record {number} repeats id {rid!r}; ids must be unique")
-        seen.add(rid)
-        yield record
+def _check_id(record: Record, where: str) -> str:
+    rid = record.get("id")
+    if "id" not in record:
+        raise SpecError(f"{where}: record has no 'id' field; every input record needs one")
+    if isinstance(rid, bool) or not isinstance(rid, str | int) or not str(rid).strip():
+        raise SpecError(f"{where}: 'id' must be a non-empty string or an integer, got {rid!r}")
+    return str(rid)
+
+
+def _check_record(gen: Generator, record: Record, where: str) -> None:
+    """The generator's own check (fields its prompt uses), as one line naming where the record is."""
+    try:
+        gen.check(record)
+    except SpecError as exc:
+        raise SpecError(f"{where}: {exc}") from None
 
 
 def _meta(calls: list[Completion], client: Any, attempts: int) -> dict[str, Any]:

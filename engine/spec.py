@@ -22,7 +22,7 @@ from engine.errors import SpecError
 from engine.model_cache import model_cache_dir
 from engine.overrides import apply_override, parse_override
 
-STAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+STAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a folder name that cannot be `.` or `..`
 
 
 class RunConfig(BaseModel):
@@ -41,6 +41,9 @@ class RunConfig(BaseModel):
     max_tokens: int | None = Field(None, description="stop cleanly once the run's tokens pass this")
     max_in_flight: int | None = Field(
         None, description="items in flight per stage; default 2x the concurrency"
+    )
+    grace_s: float = Field(
+        5.0, ge=0, description="after SIGINT/SIGTERM, seconds requests in flight get before being cancelled"
     )
 
 
@@ -133,6 +136,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> LoadedSpec:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise err.from_validation(exc) from None
+    _check_out(spec, path, err)
     return LoadedSpec(path, spec, text, *_build(spec, path, err), overrides=tuple(overrides))
 
 
@@ -164,7 +168,10 @@ def _build(spec: Spec, path: Path, err: _Errors) -> tuple[dict[str, Any], dict[s
     for i, stage in enumerate(spec.stages):
         where = ("stages", i)
         if not STAGE_NAME.match(stage.name) or stage.name in seen:
-            raise err.at((*where, "name"), f"stage name {stage.name!r} must be unique and use [A-Za-z0-9_.-]")
+            raise err.at(
+                (*where, "name"),
+                f"stage name {stage.name!r} must be unique, use [A-Za-z0-9_.-] and not start with '.'",
+            )
         try:
             cls = get_generator(stage.generator)
         except KeyError as exc:
@@ -196,6 +203,15 @@ def _build(spec: Spec, path: Path, err: _Errors) -> tuple[dict[str, Any], dict[s
             _check_first_record(generators[stage.name], path.parent / stage.input, where, err)
         seen.append(stage.name)
     return generators, configs
+
+
+def _check_out(spec: Spec, path: Path, err: _Errors) -> None:
+    """`out` is a folder inside the spec's folder: a run never writes (or replays into) anything else."""
+    base = path.parent.resolve()
+    out = (base / spec.run.out).resolve()
+    if out == base or not out.is_relative_to(base):
+        hint = 'use a folder inside it, e.g. out = "out"'
+        raise err.at(("run", "out"), f"{spec.run.out!r} is not a folder inside {base}; {hint}")
 
 
 def _check_first_record(generator: Any, input_path: Path, where: tuple, err: _Errors) -> None:

@@ -58,6 +58,10 @@ class Generator:
     def accept(self, kept: list[Record]) -> None:
         """Called after each round with the records the filter chain kept, in commit order."""
 
+    def total(self, inputs: int | None) -> int | None:
+        """Work items for `inputs` input records (None: no input), for the progress total; None: unknown."""
+        return None if inputs is None else inputs * self.stage.samples
+
     def output_id(self, item: WorkItem) -> Any:
         """The id of the record an item produces (unique within the stage; the input's own id, of the
         same type, when there is one answer per record, so exports keep `3104` a number)."""

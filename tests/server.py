@@ -177,6 +177,11 @@ class FakeServer:
         self._port = self._runner.addresses[0][1]
         ready.set()
         self._loop.run_forever()
+        # handlers still sleeping (hangs, long latencies) end here, not as "Task was destroyed" noise
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._loop.close()
 
     # ---- handlers ----------------------------------------------------------------------------

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 import pytest
 
 from engine.client import LLMClient
-from engine.errors import Fatal
+from engine.errors import Fatal, Halted
 from engine.providers import build_provider
 from engine.types import ChatRequest
 from tests.server import FakeServer
@@ -80,6 +81,63 @@ def test_retry_events_say_what_happened_without_the_key(fake_server: FakeServer,
     assert [name for name, _ in events] == ["retry", "retry"]
     assert events[0][1]["provider"] == "teacher" and "HTTP 503" in events[0][1]["error"]
     assert KEY not in repr(events)
+
+
+def client_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "engine.client"]
+
+
+def test_a_429_storm_is_a_few_log_lines(fake_server: FakeServer, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("CLIENT_KEY", KEY)
+    fake_server.set(api_key=KEY)
+    fake_server.fail_next(40, 429, retry_after=0.01, message=f"slow down, {KEY}")
+    client = make_client(fake_server, api_key_env="CLIENT_KEY", max_retries=60, max_concurrency=8)
+    caplog.set_level(logging.INFO, logger="engine")
+
+    async def go() -> None:
+        await asyncio.gather(*(client(ChatRequest([{"role": "user", "content": str(i)}])) for i in range(8)))
+        await client.aclose()
+
+    asyncio.run(go())
+    lines = client_lines(caplog)
+    assert client.stats["rate_limited"] == 40 and client.stats["ok"] == 8
+    assert 3 <= len(lines) <= 8, lines  # 40 429s, 40 retries and the window shrinking: a few lines
+    assert any(line.startswith("providers.teacher: HTTP 429: new requests wait") for line in lines)
+    assert any("retry 1 of 60 in" in line and "RateLimited: HTTP 429" in line for line in lines)
+    assert any("concurrency window 8 -> 4 (HTTP 429)" in line for line in lines)
+    assert any("more" in line for line in lines)  # what was held back is counted, not lost
+    assert all(KEY not in line and KEY[:8] not in line for line in lines)
+
+
+def test_a_breaker_pause_is_a_warning_and_shows_as_paused(fake_server: FakeServer, caplog) -> None:
+    fake_server.set(fail_prob={500: 1.0})
+    table = {"kind": "openai", "base_url": fake_server.url, "model": "test-model", "max_retries": 0}
+    client = LLMClient(build_provider("teacher", table), breaker_threshold=3, breaker_pause_s=30)
+    caplog.set_level(logging.INFO, logger="engine")
+
+    async def go() -> float:
+        for i in range(3):
+            try:
+                await client(ChatRequest([{"role": "user", "content": str(i)}]))
+            except Exception:  # noqa: BLE001, S110 - three failures trip the breaker
+                pass
+        paused = client.paused_s()
+        await client.aclose()
+        return paused
+
+    assert 25 < asyncio.run(go()) <= 30
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    message = warning.getMessage()
+    assert message.startswith("providers.teacher: 3 requests in a row failed (last: Transient: HTTP 500 from")
+    assert message.endswith("; pausing every request for 30 s")
+
+
+def test_halt_sends_nothing_more(fake_server: FakeServer) -> None:
+    client = make_client(fake_server)
+    client.halt()
+    with pytest.raises(Halted):
+        run(client, ask("never sent"))
+    assert fake_server.requests == 0
 
 
 def test_max_concurrency_holds_at_the_server(fake_server: FakeServer) -> None:

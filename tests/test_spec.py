@@ -103,7 +103,7 @@ def test_input_without_ids_is_named(tmp_path: Path, fake_server) -> None:
     with open(tmp_path / "cases.jsonl", "a") as f:
         f.write('{"question": "no id here"}\n')
     proc = engine("run", spec, "--quiet", check=False)
-    assert proc.returncode == 2 and "cases.jsonl: record 4 has no 'id'" in proc.stderr
+    assert proc.returncode == 2 and "cases.jsonl:4: record has no 'id'" in proc.stderr
 
 
 def test_corrupt_input_line_is_named(tmp_path: Path, fake_server) -> None:

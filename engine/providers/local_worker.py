@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+CLOSE_WAIT_S = 5.0  # how long close() waits for the batch in hand; the daemon thread never blocks exit
+
 
 @dataclass
 class Job:
@@ -52,12 +54,18 @@ class BatchWorker:
             job.abandoned.set()
             raise
 
-    async def close(self) -> None:
-        """Finish the batch in hand, then stop the thread (a later submit starts a new one)."""
-        if self._thread is not None and self._thread.is_alive():
-            self._jobs.put(None)
-            await asyncio.to_thread(self._thread.join)
+    async def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Stop the thread (a later submit starts a new one) once the batch in hand is done; rows whose
+        callers gave up stop at the next token. After `wait_s` the daemon thread is left to end with the
+        process (a model load cannot be interrupted), so closing never holds up an exit."""
+        thread = self._thread
         self._thread = None
+        if thread is None or not thread.is_alive():
+            return
+        self._jobs.put(None)
+        deadline = time.monotonic() + wait_s
+        while thread.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     def _run(self) -> None:
         while True:

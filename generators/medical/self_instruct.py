@@ -106,6 +106,9 @@ class SelfInstruct(Generator):
     def accept(self, kept: list[Record]) -> None:
         self.accepted.extend({"id": r["id"], INPUT: r[INPUT]} for r in kept)
 
+    def total(self, inputs: int | None) -> int:
+        return self.config.rounds * self.config.per_round
+
     def _item(self, round_no: int, index: int) -> WorkItem:
         cfg = self.config
         rng = random.Random(f"{self.seed}:self_instruct:{round_no}:{index}")
