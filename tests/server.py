@@ -329,11 +329,11 @@ class FakeServer:
                     break
         if text is None:
             text = self.behaviour.answer(body) if self.behaviour.answer else last_user_text(body)
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-        if max_tokens is not None and count_tokens(text) > max_tokens:
-            return text[: max_tokens * CHARS_PER_TOKEN], "length"
         if self.behaviour.pad_bytes > len(text):
             text += " " + "x" * (self.behaviour.pad_bytes - len(text))
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        if max_tokens is not None and count_tokens(text) > max_tokens:  # a 1-token preflight stays small
+            return text[: max_tokens * CHARS_PER_TOKEN], "length"
         return text, "stop"
 
     def _payload(

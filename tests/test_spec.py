@@ -79,6 +79,17 @@ def test_shipped_smoke_spec_is_valid() -> None:
         (('kind = "openai"', 'kind = "magic"'), "spec.toml:5: providers.teacher.kind: expected one of"),
         (('name = "t"', 'nam = "t"'), "spec.toml:2: run.nam: unknown key (did you mean 'name'?)"),
         (("[run]", "[run\n"), "invalid TOML"),
+        (('name = "answer"', 'name = ".."'), "spec.toml:11: stages[0].name: stage name '..' must be unique"),
+        (('name = "answer"', 'name = ".hidden"'), "not start with '.'"),
+        (
+            ('name = "t"', 'name = "t"\nout = "../elsewhere"'),
+            "spec.toml:3: run.out: '../elsewhere' is not a folder",
+        ),
+        (
+            ('name = "t"', 'name = "t"\nout = "/tmp/x"'),
+            "spec.toml:3: run.out: '/tmp/x' is not a folder inside",
+        ),
+        (('name = "t"', 'name = "t"\nout = "."'), "spec.toml:3: run.out: '.' is not a folder inside"),
     ],
 )
 def test_bad_spec_names_file_line_and_key(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
