@@ -72,7 +72,10 @@ class StageProgress:
             self.progress.update(self.task, completed=self.done, info=self.info())
         elif self.enabled and time.monotonic() - self._last_line >= self.every_s:
             self._last_line = time.monotonic()
-            print(self.line(), file=sys.stderr, flush=True)
+            try:
+                print(self.line(), file=sys.stderr, flush=True)
+            except OSError:  # `run ... 2>&1 | head`: the reader left; the run goes on without lines
+                self.enabled = False
 
     def info(self) -> str:
         """Rates since the stage started, and what slows it down right now."""

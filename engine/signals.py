@@ -10,10 +10,14 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# GNU `timeout` and some supervisors deliver one signal twice (to the process, then to its group),
+# microseconds apart: a repeat this soon is the same request, not an impatient second one.
+SAME_SIGNAL_S = 0.2
 
 
 class SignalStop:
@@ -25,7 +29,7 @@ class SignalStop:
         self.loop = loop
         self.on_first = on_first
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.received: list[int] = []
+        self.received: list[tuple[int, float]] = []  # (signal, when)
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> SignalStop:
@@ -40,10 +44,14 @@ class SignalStop:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.received.append(signum)
-        if len(self.received) == 1:
+        now = time.monotonic()
+        if not self.received:
+            self.received.append((signum, now))
             self.loop.call_soon_threadsafe(self.on_first, signum)
             return
+        if now - self.received[0][1] < SAME_SIGNAL_S:
+            return
+        self.received.append((signum, now))
         name = signal.Signals(signum).name
         message = (
             f"\n{name} again: exiting now; requests in flight are dropped and their items stay pending. "

@@ -3,6 +3,7 @@ second signal, Ctrl-C at any moment, exit codes, and the local provider's worker
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import orjson
 
+from engine.signals import SignalStop
 from tests.engine_helpers import ROOT, engine, outcomes, write_spec
 
 
@@ -96,6 +98,19 @@ def test_a_second_signal_exits_at_once(tmp_path: Path, fake_server) -> None:
     assert "SIGINT again: exiting now" in err and "Traceback" not in err
     fake_server.set(latency_s=0)
     assert_resumes_to_one_outcome_each(tmp_path, spec, 30)
+
+
+def test_one_signal_delivered_twice_is_one_stop() -> None:
+    # GNU `timeout` sends its signal to the process, then to its process group: microseconds apart
+    async def main() -> list[int]:
+        seen: list[int] = []
+        with SignalStop(asyncio.get_running_loop(), seen.append):
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.sleep(0.05)
+        return seen
+
+    assert asyncio.run(main()) == [signal.SIGTERM]  # a second one would have exited this process
 
 
 def test_ctrl_c_at_any_moment_is_one_line_and_130(tmp_path: Path, fake_server) -> None:
