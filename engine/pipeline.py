@@ -80,6 +80,7 @@ class Pipeline:
         self._ready: set[str] = set()  # providers that passed their preflight
         self._current: StageSpec | None = None
         self._stats_at_start: dict[str, Any] = {}
+        self._done_in_rounds = 0  # items committed in the stage's earlier rounds (progress counts the stage)
         self.reports: dict[str, StageReport] = {}
         self.started = time.time()
         # a plain run and a replay hold the whole run: they may write (and repair) every shard's files
@@ -189,6 +190,7 @@ class Pipeline:
         settings = answer_settings(self.loaded, stage)
         self._current = stage
         self._stats_at_start = {name: dict(client.stats) for name, client in self.clients.items()}
+        self._done_in_rounds = 0
         ticker = None
         try:
             self.progress.start(stage.name, self._expected(stage, gen))
@@ -232,6 +234,7 @@ class Pipeline:
                         self._advance(commit)
                     await pool.drain(on_done=partial(self._advance, commit))
                 commit.advance(final=True)
+                self._done_in_rounds += commit.done
                 report.counts["pending"] += commit.pending
                 gen.accept(commit.kept)
             if self.failure is not None:
@@ -270,7 +273,7 @@ class Pipeline:
             report.notes.append(stale_note(stage_dir, self.loaded.out_dir, replay, behind))
 
     def _advance(self, commit: RoundCommit) -> None:
-        self.progress.update(commit.advance(), self._stage_stats())
+        self.progress.update(self._done_in_rounds + commit.advance(), self._stage_stats())
 
     async def _tick(self) -> None:
         """Refresh the progress line once a second, also while nothing finishes (a pause, a hang)."""

@@ -103,8 +103,9 @@ def test_rounds_see_accepted_records_and_near_duplicates_are_dropped(tmp_path: P
     assert all(len(r["demo_ids"]) == 4 for r in kept) and first["id"] in kept[1]["demo_ids"]
 
     requests = fake_server.requests
-    engine("run", spec, "--quiet")  # a resume replays the rounds from the journal and asks nothing
+    resume = engine("run", spec, "--progress-every", "0")  # replays the rounds from the journal, asks nothing
     assert fake_server.requests == requests
+    assert "si: 6/6 (100%)" in resume.stderr  # the progress total is known: rounds x per_round
     assert outcomes(tmp_path / "out", "si", "kept") == kept
 
 

@@ -228,11 +228,11 @@ max_bad_output = 2
 def test_failed_records_are_recorded_then_retried_on_request(tmp_path: Path, fake_server) -> None:
     spec = write_spec(tmp_path, fake_server.url, cases=4)
     fake_server.set(fail_when={"question number 2": 400})  # e.g. a context-length error: never retried
-    engine("run", spec, "--quiet")
+    assert engine("run", spec, "--quiet", check=False).returncode == 3  # every item ended, one failed
     failed = outcomes(tmp_path / "out", "answer", "failed")
     assert [(r["id"], r["error"], r["status_code"]) for r in failed] == [("c0002", "Fatal", 400)]
     assert sum("question number 2" in str(b) for b in fake_server.bodies) == 1
-    engine("run", spec, "--quiet")  # a plain re-run leaves the outcome alone
+    assert engine("run", spec, "--quiet", check=False).returncode == 3  # a plain re-run leaves it alone
     assert sum("question number 2" in str(b) for b in fake_server.bodies) == 1
     fake_server.set(fail_when={})
     engine("run", spec, "--quiet", "--retry-failed")
