@@ -1,4 +1,4 @@
-"""The commands that live beside the engine (eval, train, distill, import, select), and what a missing
+"""The commands that live beside the engine (eval, train, distill, import, select, view), and what a missing
 dependency says: a command never vanishes from `engine --help`; without its package it answers
 "install X for `engine Y`"."""
 
@@ -16,8 +16,9 @@ PLUGINS = [
     ("trainers.cli", "add_train_commands", ("train",)),
     ("trainers.first.cli", "add_distill_commands", ("distill",)),
     ("sources.cli", "add_commands", ("import", "select")),
+    ("viewer.cli", "add_view_command", ("view",)),
 ]
-OUR_PACKAGES = {"engine", "generators", "filters", "trainers", "evals", "sources"}
+OUR_PACKAGES = {"engine", "generators", "filters", "trainers", "evals", "sources", "viewer"}
 # import name -> what to install, where they differ (requirements-extra.txt explains the --no-deps)
 INSTALL = {
     "sklearn": "scikit-learn",
