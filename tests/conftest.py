@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +19,13 @@ def fake_server() -> Iterator[FakeServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def view_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three versions of a small Chinese diagnosis run (tests/view_fixture.py), built once per session
+    with the real engine against the fake server; tests must not change them (copy first)."""
+    from tests.view_fixture import build
+
+    with FakeServer() as server:
+        return build(tmp_path_factory.mktemp("view-runs"), server)

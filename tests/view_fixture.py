@@ -7,9 +7,11 @@ viewer's tests and screenshots: Chinese answers that grow from v1 to v3, a near-
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +188,42 @@ if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "view-fixture")
     with FakeServer() as fake:
         print(build(target, fake))
+
+
+class ViewerThread:
+    """`engine view`'s app on a free 127.0.0.1 port in a background thread (tests and screenshots)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.url = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: Any = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> ViewerThread:
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True, name="engine-view")
+        self._thread.start()
+        if not ready.wait(20):
+            raise RuntimeError("the viewer did not start within 20 s")
+        return self
+
+    def _run(self, ready: threading.Event) -> None:
+        from aiohttp import web
+
+        from viewer.server import make_app
+
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        self._runner = web.AppRunner(make_app(self.root), access_log=None, shutdown_timeout=0.5)
+        self._loop.run_until_complete(self._runner.setup())
+        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", 0).start())
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        ready.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)

@@ -152,7 +152,11 @@ def compare_records(comparer: Any, a: dict[str, Any], b: dict[str, Any]) -> dict
     names += [f for f in {**a, **b} if f not in NOT_ANSWER and f not in names and a.get(f) != b.get(f)]
     out = {}
     for field in names:
-        matched = comparer.match(field, a.get(field), b.get(field)) if field in comparer.fields else None
+        value = a.get(field)
+        if isinstance(value, list) and value == b.get(field) and all(isinstance(v, str) for v in value):
+            out[field] = items_diff(value, value, [(i, i, 1.0) for i in range(len(value))])  # fast: the same
+            continue
+        matched = comparer.match(field, value, b.get(field)) if field in comparer.fields else None
         out[field] = items_diff(*matched) if matched is not None else generic_diff(a.get(field), b.get(field))
     return out
 

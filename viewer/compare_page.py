@@ -3,13 +3,13 @@ and the per-version statistics as small charts."""
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from engine import history
 from viewer.charts import small_multiples
-from viewer.compare import GenericComparer, compare_records, distance
+from viewer.compare import compare_records
 from viewer.html import counts_html, e, layout, num, pager, parts_html, url
+from viewer.pairing import PairJob, pair_job
 from viewer.runs import RunRef
 from viewer.state import NotFound, State
 
@@ -23,42 +23,6 @@ STAT_LABELS = {
 }
 
 
-def pair(state: State, a: RunRef, stage_a: str, b: RunRef, stage_b: str) -> dict[str, Any]:
-    """Every shared id's distance and the per-field totals; computed once per pair of file versions."""
-    index_a, index_b = state.index(a, stage_a), state.index(b, stage_b)
-    key = ("pair", index_a.signature, index_b.signature)
-    if key in state.cache:
-        return state.cache[key]
-    first_a = {index_a.rows[p].id: p for p in reversed(index_a.select("kept"))}
-    first_b = {index_b.rows[p].id: p for p in reversed(index_b.select("kept"))}
-    shared = [rid for rid in first_a if rid in first_b]
-    comparer = state.comparer(index_b)
-    if isinstance(comparer, GenericComparer):
-        comparer = state.comparer(index_a)
-    totals: dict[str, dict[str, Any]] = {}
-    distances = []
-    left = index_a.read_many(first_a[rid] for rid in shared)
-    right = index_b.read_many(first_b[rid] for rid in shared)
-    for rid, ra, rb in zip(shared, left, right, strict=True):
-        diffs = compare_records(comparer, ra, rb)
-        distances.append((rid, distance(diffs)))
-        for field, diff in diffs.items():
-            total = totals.setdefault(field, {"kind": diff["kind"], "counts": Counter(), "changed": 0})
-            total["counts"].update(diff["counts"])
-            total["changed"] += diff["distance"] > 0
-    result = {
-        "shared": distances,
-        "only_a": len(first_a.keys() - first_b.keys()),
-        "only_b": len(first_b.keys() - first_a.keys()),
-        "fields": totals,
-        "comparer": comparer,
-    }
-    if len(state.cache) > 32:
-        state.cache.clear()
-    state.cache[key] = result
-    return result
-
-
 def compare_page(state: State, params: dict[str, Any]) -> str:
     picked = params.get("run") or []
     a_key = params.get("a") or (picked[0] if len(picked) == 2 else "")
@@ -69,9 +33,13 @@ def compare_page(state: State, params: dict[str, Any]) -> str:
     stage_a, stage_b = state.stage(a, params.get("sa")), state.stage(b, params.get("sb"))
     sort = params.get("sort") if params.get("sort") in SORTS else "diff"
     query = str(params.get("q", "")).strip()
-    result = pair(state, a, stage_a, b, stage_b)
-    comparer = result["comparer"]
-    listed = [(rid, d) for rid, d in result["shared"] if query.lower() in rid.lower()]
+    job = pair_job(state, state.index(a, stage_a), state.index(b, stage_b))
+    if not job.finished.wait(state.compare_wait_s):
+        return _progress(job, a, b)
+    if job.error is not None:
+        raise job.error
+    comparer = job.comparer
+    listed = [(rid, d) for rid, d in job.shared if query.lower() in rid.lower()]
     if sort == "diff":
         listed.sort(key=lambda x: -x[1])
     elif sort == "same":
@@ -88,7 +56,7 @@ def compare_page(state: State, params: dict[str, Any]) -> str:
     title = f'<span class="side-a">{e(a.name)}</span> ⟷ <span class="side-b">{e(b.name)}</span>'
     body = f"""<h1>Compare {title}</h1>
 {_form(state, a, b, stage_a, stage_b, sort, query)}
-{_summary(result, a, b, stage_a, stage_b)}
+{_summary(job, a, b, stage_a, stage_b)}
 <section><h2>Per-version statistics</h2>{_charts(state, comparer, names)}</section>
 <section><h2>Answers to the same ids <span class="muted small">({SORTS[sort]})</span></h2>
 {pager(len(listed), page, PAGE_SIZE, link)}
@@ -129,19 +97,29 @@ def _form(state: State, a: RunRef, b: RunRef, stage_a: str, stage_b: str, sort: 
 <button type="submit">Compare</button></form>"""
 
 
-def _summary(result: dict[str, Any], a: RunRef, b: RunRef, stage_a: str, stage_b: str) -> str:
-    shared = result["shared"]
+def _progress(job: PairJob, a: RunRef, b: RunRef) -> str:
+    """A page that reloads itself every second until the comparison is ready."""
+    share = job.done / job.total if job.total else 1.0
+    body = f"""<h1>Comparing {e(a.name)} ⟷ {e(b.name)}</h1>
+<p class="summary">{num(job.done)} of {num(job.total)} shared ids compared ({share:.0%}); this page reloads
+until the comparison is ready. It is computed once per version of the two runs.</p>
+<progress max="{job.total}" value="{job.done}"></progress>"""
+    return layout("Comparing", body, [("Runs", "/"), (f"{a.name} ⟷ {b.name}", None)], refresh=1)
+
+
+def _summary(job: PairJob, a: RunRef, b: RunRef, stage_a: str, stage_b: str) -> str:
+    shared = job.shared
     changed = sum(d > 0 for _, d in shared)
     rows = "".join(
         f"<tr><th>{e(field)}</th><td class='num'>{num(t['changed'])}</td>"
         f"<td>{counts_html(t['counts'], t['kind'])}</td></tr>"
-        for field, t in result["fields"].items()
+        for field, t in job.fields.items()
     )
     return f"""<p class="summary"><b>{num(len(shared))}</b> ids answered in both
 (<code>{e(stage_a)}</code> kept in {e(a.name)}, <code>{e(stage_b)}</code> kept in {e(b.name)}),
-<b>{num(changed)}</b> of them differently; {num(result["only_a"])} only in A,
-{num(result["only_b"])} only in B.
-Compared with the <b>{e(result["comparer"].name)}</b> comparer.</p>
+<b>{num(changed)}</b> of them differently; {num(job.only_a)} only in A,
+{num(job.only_b)} only in B.
+Compared with the <b>{e(job.comparer.name)}</b> comparer.</p>
 <table class="totals"><thead><tr><th>field</th><th>ids changed</th><th>items over all shared ids</th></tr>
 </thead>
 <tbody>{rows}</tbody></table>"""

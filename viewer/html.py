@@ -34,8 +34,11 @@ def num(value: Any) -> str:
     return e(value)
 
 
-def layout(title: str, body: str, crumbs: list[tuple[str, str | None]] = ()) -> str:
-    """A whole page: crumbs are (label, link or None) pairs shown above the content."""
+def layout(
+    title: str, body: str, crumbs: list[tuple[str, str | None]] = (), *, refresh: int | None = None
+) -> str:
+    """A whole page: crumbs are (label, link or None) pairs shown above the content; `refresh`
+    reloads it after that many seconds."""
     trail = " <span class='sep'>›</span> ".join(
         f'<a href="{href}">{e(label)}</a>' if href else f"<span>{e(label)}</span>" for label, href in crumbs
     )
@@ -44,6 +47,7 @@ def layout(title: str, body: str, crumbs: list[tuple[str, str | None]] = ()) -> 
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+{f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""}
 <title>{e(title)} · engine view</title>
 <link rel="stylesheet" href="/static/view.css">
 <script src="/static/view.js" defer></script>

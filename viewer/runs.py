@@ -128,11 +128,11 @@ def side_files(ref: RunRef, stage: str, filter_name: str, kind: str, reason: str
         return []
     spec_stage, base = found
     key = "seed" if kind == "seed id" else "test"
-    paths: list[Path] = []
+    paths: list[tuple[str, Path]] = []  # (as the spec writes it, where it is)
     for options in spec_stage.filters:
         if options.get("kind") != filter_name or not options.get(key):
             continue
         values = options[key] if isinstance(options[key], list) else [options[key]]
-        paths += [base / v for v in values]
-    named = [p for p in paths if f" in {p.name}:" in reason]  # leakage names the test file it hit
-    return [p for p in (named or paths) if p.is_file()]
+        paths += [(str(v), base / v) for v in values]
+    named = [p for written, p in paths if f" in {written}:" in reason]  # leakage names the file it hit
+    return [p for p in (named or [p for _, p in paths]) if p.is_file()]

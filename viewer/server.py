@@ -29,13 +29,14 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+STATE = web.AppKey("state", State)
 _plot_lock = threading.Lock()  # matplotlib's pyplot is not thread-safe
 
 
 def make_app(root: Path) -> web.Application:
     state = State(root)
     app = web.Application(middlewares=[_errors])
-    app["state"] = state
+    app[STATE] = state
     app.router.add_get("/", _page(lambda s, q: runs_page(s)))
     app.router.add_get("/run", _page(lambda s, q: run_page(s, q.get("run", ""), q)))
     app.router.add_get("/record", _page(lambda s, q: record_page(s, q.get("run", ""), q)))
@@ -49,7 +50,7 @@ def _page(render: Callable[[State, dict[str, Any]], str], multi: tuple[str, ...]
     async def handler(request: web.Request) -> web.Response:
         params: dict[str, Any] = {k: v for k, v in request.query.items() if k not in multi}
         params.update({k: request.query.getall(k) for k in multi if k in request.query})
-        state = request.app["state"]
+        state = request.app[STATE]
         text = await asyncio.get_running_loop().run_in_executor(None, partial(render, state, params))
         return web.Response(text=text, content_type="text/html", charset="utf-8", headers=HEADERS)
 
@@ -85,7 +86,7 @@ async def _static(request: web.Request) -> web.Response:
 
 
 async def _plot(request: web.Request) -> web.Response:
-    state: State = request.app["state"]
+    state: State = request.app[STATE]
     png = await asyncio.get_running_loop().run_in_executor(None, _plot_png, state)
     if png is None:
         raise web.HTTPNotFound()
@@ -98,9 +99,10 @@ def _plot_png(state: State) -> bytes | None:
     if not rows:
         return None
     key = ("plot", orjson.dumps(rows, default=str))
-    if key not in state.cache:
+    png = state.cache.get(key)
+    if png is None:
         with _plot_lock, tempfile.TemporaryDirectory(prefix="engine-view-") as tmp:
             path = Path(tmp) / "plot.png"
             history.plot(rows, path)
-            state.cache[key] = path.read_bytes()
-    return state.cache[key]
+            png = state.cache[key] = path.read_bytes()
+    return png

@@ -19,6 +19,7 @@ class NotFound(Exception):
 
 class State:
     RESCAN_S = 2.0  # the run list is re-read at most this often (a run may start while we serve)
+    compare_wait_s = 2.0  # a comparison not ready by then shows its progress instead
 
     def __init__(self, root: Path):
         self.root = root.resolve()
@@ -27,7 +28,8 @@ class State:
         self._runs: list[runs.RunRef] = []
         self._scanned = 0.0
         self._lock = threading.Lock()
-        self.cache: dict[Any, Any] = {}  # small derived results (plots, comparisons), keyed by inputs
+        self.lock = threading.Lock()  # guards `cache`
+        self.cache: dict[Any, Any] = {}  # derived results (plots, comparisons), keyed by their inputs
 
     def runs(self) -> list[runs.RunRef]:
         with self._lock:
