@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements-extra.txt |
 
 # Debian packages the tests need (CI runs as root on Debian). Installed only when missing; elsewhere the
 # tests that need them skip and say why.
-APT_PACKAGES := redis-server chromium chromium-driver
+APT_PACKAGES := redis-server chromium chromium-driver fonts-wqy-microhei
 
 install: $(STAMP)
 

@@ -41,7 +41,8 @@ def record(i: int, rng: random.Random) -> dict:
     text = (
         f"性别: {'男' if i % 2 else '女'}\n年龄: {20 + i % 60}\n主诉: {'、'.join(picked)}{1 + i % 9}天\n"
         f"现病史: 患者{1 + i % 9}天前无明显诱因出现{picked[0]}，伴{picked[1]}，{picked[2]}，"
-        + "活动后加重，休息后可缓解，无畏寒寒战，饮食睡眠可，二便正常。" * 3
+        + "活动后加重，休息后可缓解，无畏寒寒战，饮食睡眠可，二便正常。"
+        * 3
         + f"\n体格检查: T {36 + (i % 30) / 10:.1f}℃，心肺听诊未见明显异常。\n"
         f"辅助检查: 血常规 WBC {4 + i % 12}.{i % 10}×10^9/L，CRP {i % 80}mg/L。"
     )
@@ -65,9 +66,11 @@ def record(i: int, rng: random.Random) -> dict:
     }
 
 
-def write_run(root: Path, n: int) -> Path:
+def write_run(root: Path, n: int, name: str = "big", edit: float = 0.0) -> Path:
+    """The run `name`; with `edit`, that share of the answers changed (a later version to compare)."""
     rng = random.Random(0)
-    out = root / "big" / "out"
+    edits = random.Random(1)
+    out = root / name / "out"
     stage = out / "dx"
     for outcome in ("kept", "rejected", "failed"):
         (stage / outcome).mkdir(parents=True)
@@ -75,13 +78,22 @@ def write_run(root: Path, n: int) -> Path:
     counts = {"kept": 0, "rejected": 0, "failed": 0}
     for i in range(n):
         rec = record(i, rng)
+        if edit and edits.random() < edit:
+            rec["diseases"] = rec["diseases"][:1] + ["高血压"]
+            rec["reason"] = [point + "，明显" for point in rec["reason"][:3]]
         if i % 100 == 7:
             line = {"key": f"k{i}", "id": rec["id"], "error": "Fatal", "message": "HTTP 400: bad request"}
             outcome = "failed"
         elif i % 100 < 5 and i > 0:
             dup = f"r{i - 1:06d}"
             reason = f"near-duplicate: rouge_l 0.8{i % 10}00 > 0.7 vs id {dup!r}"
-            line = {"id": rec["id"], "key": f"k{i}", "filter": "rouge_dedupe", "reason": reason, "record": rec}
+            line = {
+                "id": rec["id"],
+                "key": f"k{i}",
+                "filter": "rouge_dedupe",
+                "reason": reason,
+                "record": rec,
+            }
             outcome = "rejected"
         elif 10 <= i % 100 < 14:
             reason = f"too many items: diseases has 5, more than 4 ({i})"
@@ -94,12 +106,14 @@ def write_run(root: Path, n: int) -> Path:
     for f in files.values():
         f.close()
     manifest = {
-        "name": "big",
+        "name": name,
         "description": f"{n} synthetic records",
-        "created": "2026-12-01T00:00:00Z",
+        "created": f"2026-12-0{1 + int(edit > 0)}T00:00:00Z",
         "status": "complete",
         "providers": {"teacher": {"kind": "openai", "model": "deepseek-v3", "requests": n}},
-        "stages": {"dx": {"counts": {**counts, "pending": 0}, "reasons": {}, "stats": {"records": counts["kept"]}}},
+        "stages": {
+            "dx": {"counts": {**counts, "pending": 0}, "reasons": {}, "stats": {"records": counts["kept"]}}
+        },
     }
     (out / "manifest.json").write_bytes(orjson.dumps(manifest))
     return out
@@ -153,6 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--compare", action="store_true", help="also compare with a second, edited run")
     parser.add_argument("--keep", type=Path, help="write the run here and leave it (default: a temp folder)")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="view-bench-"))
@@ -170,19 +185,47 @@ def main() -> None:
     cases = [
         ("run page, first 50 (cold: builds the index)", link("/run"), None),
         ("run page, first 50", link("/run"), lambda: peer_page(out / "dx", 0)),
-        (f"run page, page {last_page // 2}", link("/run", page=last_page // 2), lambda: peer_page(out / "dx", 50_000)),
-        ("rejected by one reason, page 20", link("/run", outcome="rejected", reason="format: too many items", page=20), None),
-        ("search a word in 1 record", link("/run", q=RARE), lambda: peer_search(out / "dx", RARE)),
+        (
+            f"run page, page {last_page // 2}",
+            link("/run", page=last_page // 2),
+            lambda: peer_page(out / "dx", 50_000),
+        ),
+        (
+            "rejected by one reason, page 20",
+            link("/run", outcome="rejected", reason="format: too many items", page=20),
+            None,
+        ),
+        ("search a word in 1 record, then again", link("/run", q=RARE), None),
         ("search a word in 1/4 of records, page 10", link("/run", q="胸痛", page=10), None),
-        ("search a word in 1/4 of records, never asked before", None, None),
-        ("record page (near-duplicate, side by side)", link("/record", id="r000102", outcome="rejected"), None),
+        (
+            "search a word in 1/4 of records, never asked before",
+            None,
+            lambda: peer_search(out / "dx", "发热"),
+        ),
+        (
+            "record page (near-duplicate, side by side)",
+            link("/record", id="r000102", outcome="rejected"),
+            None,
+        ),
     ]
     print(f"| request | viewer: first | viewer: median (worst) of {args.repeat} | read whole stage | ratio |")
     print("|---|---|---|---|---|")
     try:
         for label, url, peer in cases:
             if url is None:  # a query never asked before each time: always a scan of the files
-                words = ["发热", "咳嗽", "腹痛", "头晕", "乏力", "恶心", "呕吐", "气促", "心悸", "水肿", "黑便"]
+                words = [
+                    "发热",
+                    "咳嗽",
+                    "腹痛",
+                    "头晕",
+                    "乏力",
+                    "恶心",
+                    "呕吐",
+                    "气促",
+                    "心悸",
+                    "水肿",
+                    "黑便",
+                ]
                 times = [timed(link("/run", q=w))[0] for w in words[: args.repeat + 1]]
                 first, rest = times[0], times[1:]
             else:
@@ -202,6 +245,20 @@ def main() -> None:
                 flush=True,
             )
         print(f"\nviewer RSS after these requests: {rss_mib(proc.pid):.0f} MiB")
+        if args.compare:
+            write_run(root, args.records, "big2", edit=0.5)
+            url = base + "compare?" + urllib.parse.urlencode({"a": "big/out", "b": "big2/out"})
+            started = time.perf_counter()
+            while "Comparing big" in urllib.request.urlopen(url, timeout=600).read().decode():
+                time.sleep(1)
+            ready = time.perf_counter() - started
+            warm = statistics.median(timed(url)[0] for _ in range(args.repeat))
+            deep = url + "&sort=id&page=2000"
+            print(
+                f"compare big ⟷ big2 (half the kept answers changed): ready after {ready:.1f} s "
+                f"(shows its progress meanwhile); then a page of 20 in {warm * 1000:,.0f} ms, "
+                f"page 2000 by id in {timed(deep)[0] * 1000:,.0f} ms; RSS {rss_mib(proc.pid):.0f} MiB"
+            )
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,9 @@ def missing() -> str | None:
             return (
                 f"{binary} is not installed (apt-get install chromium chromium-driver; `make test` does it)"
             )
+    fonts = subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True).stdout
+    if not fonts.strip():
+        return "no font with Chinese glyphs (apt-get install fonts-wqy-microhei; `make test` does it)"
     return None
 
 

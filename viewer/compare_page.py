@@ -59,6 +59,9 @@ def compare_page(state: State, params: dict[str, Any]) -> str:
 {_summary(job, a, b, stage_a, stage_b)}
 <section><h2>Per-version statistics</h2>{_charts(state, comparer, names)}</section>
 <section><h2>Answers to the same ids <span class="muted small">({SORTS[sort]})</span></h2>
+<p class="legend"><span class="d-same">same</span> <span class="d-matched">matched
+<span class="pair-note">score ↔ position on the other side</span></span>
+<span class="d-removed">only in A</span> <span class="d-added">only in B</span></p>
 {pager(len(listed), page, PAGE_SIZE, link)}
 {_cards(state, a, b, stage_a, stage_b, shown, comparer)}
 {pager(len(listed), page, PAGE_SIZE, link)}</section>"""

@@ -23,7 +23,7 @@ def runs_page(state: State) -> str:
     refs = state.runs()
     if not refs:
         body = (
-            f"<h1>Runs</h1><p class='empty'>No runs under <code>{e(state.root)}</code> yet: a run "
+            f"<h1>Runs</h1><p class='empty'>No runs under <code>{e(state.shown_root)}</code> yet: a run "
             "appears here once <code>python -m engine run SPEC</code> has written its manifest.json.</p>"
         )
         return layout("Runs", body)
@@ -59,7 +59,7 @@ def runs_page(state: State) -> str:
     )
     names = tuple(r["name"] for r in rows)
     charts = small_multiples(rows, plot_keys(rows), marked=names if len(names) <= 6 else names[-1:])
-    body = f"""<h1>Runs <span class="muted small">{len(refs)} under {e(state.root)}</span></h1>
+    body = f"""<h1>Runs <span class="muted small">{len(refs)} under {e(state.shown_root)}</span></h1>
 <form class="compare-form" action="/compare" method="get">
 <p class="hint">Tick two runs to compare their answers to the same ids.
 <button type="submit" id="compare-button">Compare the two ticked runs</button></p>
@@ -413,4 +413,4 @@ def _meta_section(entry: dict[str, Any], meta: dict[str, Any]) -> str:
         f"<tr><th>{e(k)}</th><td>{value_html(v) if not isinstance(v, int | float) else num(v)}</td></tr>"
         for k, v in items.items()
     )
-    return f'<section><h2>Provider and usage</h2><table class="fields meta">{rows}</table></section>'
+    return f'<section><h2>Provider and usage</h2><table class="fields usage">{rows}</table></section>'

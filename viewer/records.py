@@ -102,7 +102,10 @@ class LineIndex:
             for position in positions:
                 row = self.rows[position]
                 if row.file not in handles:
-                    handles[row.file] = open(self.files[row.file], "rb")
+                    try:
+                        handles[row.file] = open(self.files[row.file], "rb")
+                    except FileNotFoundError:  # a replay merged the shards meanwhile
+                        raise SpecError(f"{self.files[row.file]} was removed while reading; reload") from None
                 handle = handles[row.file]
                 handle.seek(row.offset)
                 yield self._parse(handle.readline(), row)
@@ -141,7 +144,8 @@ class LineIndex:
         if reason:
             positions = [p for p in positions if rows[p].reason == reason]
         if query:
-            hits = self._text_hits(query) | {p for p in positions if query.lower() in rows[p].id.lower()}
+            hits = self._text_hits(query, outcome)
+            hits |= {p for p in positions if query.lower() in rows[p].id.lower()}
             positions = [p for p in positions if p in hits]
         selected = list(positions)
         with self._lock:
@@ -150,16 +154,16 @@ class LineIndex:
                 self._selections.popitem(last=False)
         return selected
 
-    def _text_hits(self, query: str) -> set[int]:
-        """Rows whose JSON line holds the query as it is written there (strings are stored UTF-8 with
-        JSON escapes), ASCII letters matched without case."""
+    def _text_hits(self, query: str, outcome: str = "") -> set[int]:
+        """Rows (of one outcome's files, if given) whose JSON line holds the query as it is written
+        there (strings are stored UTF-8 with JSON escapes), ASCII letters matched without case."""
         needle = orjson.dumps(query)[1:-1]
         flags = re.IGNORECASE if re.search(rb"[A-Za-z]", needle) else 0
         pattern = re.compile(re.escape(needle), flags)
         hits: set[int] = set()
         for number, path in enumerate(self.files):
             starts = self._starts[number]
-            if not starts:
+            if not starts or (outcome and self.rows[self._first_row[number]].outcome != outcome):
                 continue
             with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 pos = 0

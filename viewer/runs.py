@@ -63,10 +63,9 @@ def usage(ref: RunRef) -> dict[str, dict[str, Any]]:
 
 
 def pending(ref: RunRef, stage: str) -> int | None:
-    """Items without an outcome when the run (each shard) last wrote its manifest."""
-    counts = [m.get("stages", {}).get(stage, {}).get("counts", {}) for m in read_manifests(ref.out_dir)]
-    values = [c["pending"] for c in counts if isinstance(c.get("pending"), int)]
-    return sum(values) if values else None
+    """Items without an outcome when the run last wrote manifest.json (`engine status` recounts)."""
+    value = ref.run.manifest.get("stages", {}).get(stage, {}).get("counts", {}).get("pending")
+    return value if isinstance(value, int) else None
 
 
 def spec_of(ref: RunRef) -> tuple[Spec, Path] | None:

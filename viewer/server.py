@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import threading
+import traceback
 from collections.abc import Callable
 from functools import partial
 from importlib import resources
@@ -62,10 +63,17 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """A missing run or a bad file is a readable page with what to do, never a traceback."""
     try:
         return await handler(request)
+    except web.HTTPException:
+        raise
     except NotFound as exc:
         return _message(404, "Not found", str(exc))
     except SpecError as exc:
         return _message(500, "Cannot read this run", str(exc))
+    except Exception as exc:  # a bug: say so on the page, keep the traceback for the report
+        traceback.print_exc()
+        return _message(
+            500, "Internal error", f"{type(exc).__name__}: {exc} (the traceback is in the terminal)"
+        )
 
 
 def _message(status: int, title: str, text: str) -> web.Response:

@@ -22,6 +22,7 @@ class State:
     compare_wait_s = 2.0  # a comparison not ready by then shows its progress instead
 
     def __init__(self, root: Path):
+        self.shown_root = root  # as the user wrote it
         self.root = root.resolve()
         self.indexes = IndexCache()
         self.comparers = load_comparers()
