@@ -10,6 +10,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,6 +21,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+import viewer.pairing
 from tests.engine_helpers import ROOT, engine
 from tests.view_fixture import ViewerThread
 
@@ -48,7 +51,7 @@ def test_runs_page_shows_the_history_table_with_scores_notes_and_charts(viewer: 
     assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
     for name in ("v1", "v2", "v3"):
         assert f'href="/run?run={name}%2Fout">{name}</a>' in html
-    assert "1,765" in html and "+34.0" in html  # v1's score, v2's delta
+    assert "1,765" in html and ">+34<" in html  # v1's score, v2's delta
     assert "两阶段（疾病-&gt;诊断依据）" in html  # v3's note, escaped, in UTF-8
     assert html.count('<svg class="chart"') >= 4 and ">mean_reasons<" in html
     # nothing is loaded from elsewhere: the page works without network
@@ -289,3 +292,28 @@ def test_cli_names_a_port_in_use(view_runs: Path) -> None:
     finally:
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=20)
+
+
+def test_a_long_comparison_shows_its_progress_until_it_is_ready(
+    view_runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    compare = viewer.pairing.compare_records
+
+    def held(*args: object) -> dict:
+        release.wait(30)  # the comparison cannot finish before the test has seen its progress page
+        return compare(*args)
+
+    monkeypatch.setattr(viewer.pairing, "compare_records", held)
+    monkeypatch.setattr("viewer.state.State.compare_wait_s", 0.2)
+    with ViewerThread(view_runs) as server:
+        _, html, _ = get(server, "/compare", a="v1/out", b="v2/out")
+        assert "<h1>Comparing v1 ⟷ v2</h1>" in html and "0 of 8 shared ids compared" in html
+        assert '<meta http-equiv="refresh" content="1">' in html
+        release.set()
+        for _ in range(100):
+            _, html, _ = get(server, "/compare", a="v1/out", b="v2/out")
+            if "Comparing" not in html:
+                break
+            time.sleep(0.1)
+    assert "8</b> ids answered in both" in html

@@ -52,6 +52,16 @@ def text(driver: Any, css: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, css).text
 
 
+def wait_for(driver: Any, css: str, words: str) -> None:
+    """Until the page (after a click, or a progress page reloading itself) shows `words` in `css`."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    located = (By.CSS_SELECTOR, css)
+    WebDriverWait(driver, 30).until(expected_conditions.text_to_be_present_in_element(located, words))
+
+
 def test_a_person_reads_runs_a_run_a_record_and_a_comparison(browser: Any, viewer: ViewerThread) -> None:
     from selenium.webdriver.common.by import By
 
@@ -72,8 +82,8 @@ def test_a_person_reads_runs_a_run_a_record_and_a_comparison(browser: Any, viewe
     assert button.is_enabled() and button.text == "Compare v2 ⟷ v3"
     assert not boxes[0].is_enabled()  # a third cannot be ticked
     button.click()
+    wait_for(browser, "p.summary", "9 ids answered in both")
     assert "/compare?" in browser.current_url
-    assert "9 ids answered in both" in text(browser, "p.summary")
     card = browser.find_element(By.ID, "id-p01")
     added = card.find_elements(By.CSS_SELECTOR, "li.d-added")
     assert "+ 2型糖尿病" in [li.text for li in added]
@@ -86,16 +96,17 @@ def test_a_person_reads_runs_a_run_a_record_and_a_comparison(browser: Any, viewe
     # a run: counts, then a search in Chinese through the form
     browser.get(viewer.url + "/")
     browser.find_element(By.LINK_TEXT, "v2").click()
-    assert "rouge_dedupe: near-duplicate 1" in text(browser, "table.stages")
+    wait_for(browser, "table.stages", "rouge_dedupe: near-duplicate 1")
     search = browser.find_element(By.NAME, "q")
     search.send_keys("胆囊")
     search.submit()
+    wait_for(browser, "p.found", "2 records match")
     rows = browser.find_elements(By.CSS_SELECTOR, "table.records tbody tr")
     assert [r.find_element(By.CSS_SELECTOR, "td.id").text for r in rows] == ["p04", "p05"]
 
     # a record: the near-duplicate beside the record it duplicates, the differences marked
     browser.find_element(By.LINK_TEXT, "p05").click()
-    assert "Rejected by rouge_dedupe" in text(browser, ".callout")
+    wait_for(browser, ".callout", "Rejected by rouge_dedupe")
     side = browser.find_element(By.CSS_SELECTOR, "table.side")
     assert "p04" in side.text and "右上腹痛伴恶心" in side.text
     assert [s.text for s in side.find_elements(By.CSS_SELECTOR, "span.d-added")][:1] == ["1"]

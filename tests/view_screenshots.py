@@ -41,7 +41,8 @@ def main(target: Path) -> None:
                 full_page_screenshot(driver, str(target / name), width=1400, max_height=1500)
                 image = Image.open(target / name).convert("RGB")
                 image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(target / name, optimize=True)
-                print(f"{target / name}: {image.width}x{image.height}, {(target / name).stat().st_size:,} bytes")
+                size = (target / name).stat().st_size
+                print(f"{target / name}: {image.width}x{image.height}, {size:,} bytes")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def runs_page(state: State) -> str:
             cls = "num" if isinstance(value, int | float) and not isinstance(value, bool) else c
             if c == "delta" and isinstance(value, int | float):
                 cls += " up" if value > 0 else " down" if value < 0 else ""
-                text = f"{value:+,.1f}"
+                text = f"{value:+,.1f}".removesuffix(".0")
             else:
                 text = (
                     num(value) if isinstance(value, int | float) else e(value if value is not None else "–")
