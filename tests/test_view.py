@@ -21,9 +21,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-import viewer.pairing
 from tests.engine_helpers import ROOT, engine
 from tests.view_fixture import ViewerThread
+from viewer import pairing
 
 
 @pytest.fixture(scope="module")
@@ -298,13 +298,13 @@ def test_a_long_comparison_shows_its_progress_until_it_is_ready(
     view_runs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = threading.Event()
-    compare = viewer.pairing.compare_records
+    compare = pairing.compare_records
 
     def held(*args: object) -> dict:
         release.wait(30)  # the comparison cannot finish before the test has seen its progress page
         return compare(*args)
 
-    monkeypatch.setattr(viewer.pairing, "compare_records", held)
+    monkeypatch.setattr(pairing, "compare_records", held)
     monkeypatch.setattr("viewer.state.State.compare_wait_s", 0.2)
     with ViewerThread(view_runs) as server:
         _, html, _ = get(server, "/compare", a="v1/out", b="v2/out")
@@ -317,3 +317,34 @@ def test_a_long_comparison_shows_its_progress_until_it_is_ready(
                 break
             time.sleep(0.1)
     assert "8</b> ids answered in both" in html
+
+
+def test_a_copy_of_a_seed_or_test_record_is_shown_beside_it(tmp_path: Path) -> None:
+    run = tmp_path / "si"
+    (run / "out" / "gen" / "rejected").mkdir(parents=True)
+    (run / "pool.jsonl").write_text('{"id": "s1", "feature_content": "患者发热三天伴咳嗽"}\n', "utf-8")
+    (run / "test.jsonl").write_text('{"id": "t1", "feature_content": "女，35岁，停经45天"}\n', "utf-8")
+    (run / "spec.toml").write_text(
+        '[run]\nname = "si"\n\n[[stages]]\nname = "gen"\ngenerator = "self_instruct"\n\n'
+        '[[stages.filters]]\nkind = "leakage"\ntest = ["test.jsonl"]\n\n'
+        '[[stages.filters]]\nkind = "rouge_dedupe"\nseed = "pool.jsonl"\n',
+        "utf-8",
+    )
+    seed_copy = {"id": "g1", "feature_content": "患者发热两天伴咳嗽"}
+    test_copy = {"id": "g2", "feature_content": "女，35岁，停经45天"}
+    rejected = [
+        {"id": "g1", "filter": "rouge_dedupe", "reason": "near-duplicate: rouge_l 0.8 > 0.7 vs seed id 's1'",
+         "record": seed_copy},
+        {"id": "g2", "filter": "leakage", "reason": "exact copy in test.jsonl: test id 't1'", "record": test_copy},
+    ]  # fmt: skip
+    (run / "out" / "gen" / "rejected" / "shard-00000.jsonl").write_bytes(
+        b"".join(orjson.dumps(r) + b"\n" for r in rejected)
+    )
+    manifest = {"name": "si", "spec": str(run / "spec.toml"), "stages": {"gen": {"counts": {"rejected": 2}}}}
+    (run / "out" / "manifest.json").write_bytes(orjson.dumps(manifest))
+    with ViewerThread(tmp_path) as server:
+        _, seeded, _ = get(server, "/record", run="si/out", stage="gen", id="g1")
+        _, leaked, _ = get(server, "/record", run="si/out", stage="gen", id="g2")
+    assert "Near-duplicate of seed id <code>s1</code>" in seeded and "(seed file pool.jsonl)" in seeded
+    assert '<span class="d-removed">两</span>' in seeded and '<span class="d-added">三</span>' in seeded
+    assert "Copies test id <code>t1</code>" in leaked and "(test file test.jsonl)" in leaked

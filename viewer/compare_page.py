@@ -11,7 +11,7 @@ from viewer.compare import compare_records
 from viewer.html import counts_html, e, layout, num, pager, parts_html, url
 from viewer.pairing import PairJob, pair_job
 from viewer.runs import RunRef
-from viewer.state import NotFound, State
+from viewer.state import NotFound, State, int_param
 
 PAGE_SIZE = 20
 SORTS = {"diff": "most different first", "same": "least different first", "id": "by id"}
@@ -46,7 +46,7 @@ def compare_page(state: State, params: dict[str, Any]) -> str:
         listed.sort(key=lambda x: x[1])
     else:
         listed.sort(key=lambda x: x[0])
-    page = _page(params.get("page"), len(listed))
+    page = min(int_param(params.get("page")), max((len(listed) - 1) // PAGE_SIZE, 0))
     shown = listed[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
 
     def link(p: int) -> str:
@@ -66,14 +66,6 @@ def compare_page(state: State, params: dict[str, Any]) -> str:
 {_cards(state, a, b, stage_a, stage_b, shown, comparer)}
 {pager(len(listed), page, PAGE_SIZE, link)}</section>"""
     return layout(f"{a.name} ⟷ {b.name}", body, [("Runs", "/"), (f"{a.name} ⟷ {b.name}", None)])
-
-
-def _page(value: Any, total: int) -> int:
-    try:
-        page = max(int(value), 0)
-    except (TypeError, ValueError):
-        page = 0
-    return min(page, max((total - 1) // PAGE_SIZE, 0))
 
 
 def _form(state: State, a: RunRef, b: RunRef, stage_a: str, stage_b: str, sort: str, query: str) -> str:

@@ -1,4 +1,4 @@
-"""The runs list, a run (stage counts, usage and the record browser) and one record."""
+"""The runs list, and one run: its stage counts, usage and the record browser."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from engine import history
 from engine.store import OUTCOMES
 from viewer import runs
 from viewer.charts import small_multiples
-from viewer.compare import NOT_ANSWER, generic_diff
-from viewer.html import badge, e, fields_table, layout, num, pager, parts_html, url, value_html
+from viewer.compare import NOT_ANSWER
+from viewer.html import badge, e, layout, num, pager, url
 from viewer.records import LineIndex
-from viewer.state import NotFound, State
+from viewer.state import State, int_param
 
 PAGE_SIZE = 50
 PREVIEW_CHARS = 160
@@ -167,7 +167,7 @@ def _browser(state: State, ref: runs.RunRef, stage: str, params: dict[str, str])
     outcome = params.get("outcome", "")
     outcome = outcome if outcome in OUTCOMES else ""
     reason, query = params.get("reason", ""), params.get("q", "").strip()
-    page = _int(params.get("page"), 0)
+    page = int_param(params.get("page"))
     selected = index.select(outcome, reason, query)
     pages = max((len(selected) + PAGE_SIZE - 1) // PAGE_SIZE, 1)
     page = min(page, pages - 1)
@@ -214,13 +214,6 @@ def _browser(state: State, ref: runs.RunRef, stage: str, params: dict[str, str])
     return f"{form}{found}{pages_nav}{listing}{pages_nav}"
 
 
-def _int(value: str | None, default: int) -> int:
-    try:
-        return max(int(value), 0) if value is not None else default
-    except ValueError:
-        return default
-
-
 def _reason_text(record: dict[str, Any], outcome: str) -> str:
     if outcome == "rejected":
         return f"{record.get('filter', '?')}: {record.get('reason', '')}"
@@ -252,165 +245,3 @@ def _preview(record: dict[str, Any], outcome: str, fields: tuple[str, ...]) -> s
         if budget <= 0:
             break
     return " ".join(bits)
-
-
-# ---- one record -----------------------------------------------------------------------------------
-def record_page(state: State, key: str, params: dict[str, str]) -> str:
-    ref = state.run(key)
-    stage = state.stage(ref, params.get("stage"))
-    index = state.index(ref, stage)
-    rid = params.get("id", "")
-    outcome = params.get("outcome") if params.get("outcome") in OUTCOMES else None
-    found = index.find(rid, outcome)
-    nth = _int(params.get("n"), 0)
-    if nth >= len(found):
-        raise NotFound(
-            f"stage {stage!r} of run {ref.name!r} has no record {rid!r}"
-            + (f" ({outcome})" if outcome else "")
-        )
-    position = found[nth]
-    row = index.rows[position]
-    entry = index.read(position)
-    answer = (
-        entry
-        if row.outcome == "kept"
-        else entry.get("record")
-        if isinstance(entry.get("record"), dict)
-        else None
-    )
-    source = (answer or entry).get("source_id", rid)
-    given = _input_record(state, ref, stage, str(source))
-    comparer = state.comparer(index)
-    input_names, answer_names = _split_fields(answer, given, comparer.fields)
-    sections = [_verdict(entry, row.outcome)]
-    if row.outcome == "rejected":
-        sections.append(_duplicate(state, ref, stage, entry, answer))
-    if given is not None or input_names:
-        shown = given if given is not None else answer
-        names = [n for n in shown if n not in NOT_ANSWER] if given is not None else input_names
-        sections.append(f"<section><h2>Input</h2>{fields_table(shown, names)}</section>")
-    elif answer is None:
-        sections.append(
-            "<section><h2>Input</h2><p class='muted'>not stored with this outcome, and the spec's input "
-            "could not be read</p></section>"
-        )
-    if answer is not None:
-        sections.append(f"<section><h2>Answer</h2>{fields_table(answer, answer_names)}</section>")
-    meta = (answer or entry).get("meta") if isinstance((answer or entry).get("meta"), dict) else {}
-    raw = entry.get("raw_text") or (meta or {}).get("raw_text")
-    if raw:
-        sections.append(f'<section><h2>Raw answer</h2><pre class="raw">{e(raw)}</pre></section>')
-    sections.append(_meta_section(entry, meta))
-    back = url("/run", run=ref.key, stage=stage)
-    body = f"""<h1><code>{e(rid)}</code> {badge(row.outcome)}</h1>
-<p class="meta">run <a href="{url("/run", run=ref.key)}">{e(ref.name)}</a> · stage
-<a href="{back}">{e(stage)}</a>{f" · sample {e(entry.get('sample'))}" if entry.get("sample") else ""}</p>
-{"".join(s for s in sections if s)}"""
-    return layout(
-        f"{rid} · {ref.name}",
-        body,
-        [("Runs", "/"), (ref.name, url("/run", run=ref.key)), (stage, back), (rid, None)],
-    )
-
-
-def _input_record(state: State, ref: runs.RunRef, stage: str, rid: str) -> dict[str, Any] | None:
-    sources = runs.input_source(ref, stage)
-    if not sources:
-        return None
-    try:
-        index = state.indexes.get(sources)
-    except Exception:  # an input file edited into something unreadable: show the record without it
-        return None
-    found = index.find(rid)
-    return index.read(found[0]) if found else None
-
-
-def _split_fields(
-    answer: dict[str, Any] | None, given: dict[str, Any] | None, task_fields: tuple[str, ...]
-) -> tuple[list[str], list[str]]:
-    """(input fields, answer fields) of an answer record: what the input did not have (or had
-    otherwise) is the answer; without the input, the task's answer fields, else every field."""
-    if answer is None:
-        return [], []
-    names = [n for n in answer if n not in NOT_ANSWER]
-    if given is not None:
-        new = [n for n in names if n not in given or given[n] != answer[n]]
-        return [n for n in names if n not in new], new
-    task = [n for n in names if n in task_fields]
-    return ([n for n in names if n not in task], task) if task else ([], names)
-
-
-def _verdict(entry: dict[str, Any], outcome: str) -> str:
-    if outcome == "rejected":
-        return (
-            f'<div class="callout rejected"><b>Rejected by <code>{e(entry.get("filter", "?"))}</code></b>: '
-            f"{e(entry.get('reason', ''))}</div>"
-        )
-    if outcome == "failed":
-        status = f" (HTTP {e(entry['status_code'])})" if entry.get("status_code") else ""
-        return (
-            f'<div class="callout failed"><b>Failed: {e(entry.get("error", "?"))}{status}</b><br>'
-            f"{e(entry.get('message', ''))}</div>"
-        )
-    return ""
-
-
-def _duplicate(
-    state: State, ref: runs.RunRef, stage: str, entry: dict[str, Any], answer: dict[str, Any] | None
-) -> str:
-    """The record a near-duplicate or leakage rejection names, beside this one, differences marked."""
-    named = runs.duplicate_ref(str(entry.get("reason", "")))
-    if named is None or answer is None:
-        return ""
-    kind, dup_id = named
-    where, other, link = "", None, ""
-    if kind == "id":
-        index = state.index(ref, stage)
-        found = index.find(str(dup_id), "kept") or index.find(str(dup_id))
-        if found:
-            other, row = index.read(found[0]), index.rows[found[0]]
-            other = other.get("record", other) if row.outcome == "rejected" else other
-            where = f"{row.outcome} in this stage"
-            link = url("/record", run=ref.key, stage=stage, id=row.id, outcome=row.outcome)
-    else:
-        files = runs.side_files(ref, stage, str(entry.get("filter")), kind, str(entry.get("reason")))
-        if files:
-            index = state.indexes.get([("input", p) for p in files])
-            found = index.find(str(dup_id))
-            if found:
-                other = index.read(found[0])
-                where = f"{kind.split()[0]} file {index.files[index.rows[found[0]].file].name}"
-    title = f"{'Near-duplicate of' if kind != 'test id' else 'Copies'} {kind} <code>{e(dup_id)}</code>"
-    if other is None:
-        return f'<section><h2>{title}</h2><p class="muted">that record could not be found</p></section>'
-    names = [n for n in answer if n not in NOT_ANSWER and n in other and isinstance(answer[n], str | list)]
-    rows = []
-    for name in names:
-        diff = generic_diff(answer[name], other[name])
-        rows.append(
-            f"<tr><th>{e(name)}</th><td>{parts_html(diff, 'a')}</td><td>{parts_html(diff, 'b')}</td></tr>"
-        )
-    head = f'<a href="{link}">{e(dup_id)}</a>' if link else e(dup_id)
-    return f"""<section><h2>{title} <span class="muted small">({e(where)})</span></h2>
-<table class="side"><thead><tr><th></th><th>this record</th><th>{head}</th></tr></thead>
-<tbody>{"".join(rows)}</tbody></table></section>"""
-
-
-def _meta_section(entry: dict[str, Any], meta: dict[str, Any]) -> str:
-    items = {k: entry[k] for k in ("key", "round", "sample") if k in entry}
-    usage = meta.get("usage") if isinstance(meta.get("usage"), dict) else {}
-    for k in ("provider", "model", "latency_s", "finish_reason", "attempts", "calls"):
-        if k in meta:
-            items[k] = meta[k]
-    for k, v in usage.items():
-        items[k] = v
-    for k, v in meta.items():
-        if k not in items and k not in ("usage", "raw_text"):
-            items[k] = v
-    if not items:
-        return ""
-    rows = "".join(
-        f"<tr><th>{e(k)}</th><td>{value_html(v) if not isinstance(v, int | float) else num(v)}</td></tr>"
-        for k, v in items.items()
-    )
-    return f'<section><h2>Provider and usage</h2><table class="fields usage">{rows}</table></section>'

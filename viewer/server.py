@@ -20,7 +20,8 @@ from engine import history
 from engine.errors import SpecError
 from viewer.compare_page import compare_page
 from viewer.html import e, layout
-from viewer.pages import record_page, run_page, runs_page
+from viewer.pages import run_page, runs_page
+from viewer.record_page import record_page
 from viewer.state import NotFound, State
 
 STATIC = {"view.css": "text/css", "view.js": "text/javascript"}

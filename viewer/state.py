@@ -62,3 +62,11 @@ class State:
         """The comparer for a stage's records, chosen on its first kept record."""
         kept = index.select("kept")
         return choose(self.comparers, index.read(kept[0]) if kept else None)
+
+
+def int_param(value: str | None, default: int = 0) -> int:
+    """A page number or index from the URL; anything else is the default."""
+    try:
+        return max(int(value), 0) if value is not None else default
+    except ValueError:
+        return default
