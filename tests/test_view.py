@@ -333,10 +333,19 @@ def test_a_copy_of_a_seed_or_test_record_is_shown_beside_it(tmp_path: Path) -> N
     seed_copy = {"id": "g1", "feature_content": "患者发热两天伴咳嗽"}
     test_copy = {"id": "g2", "feature_content": "女，35岁，停经45天"}
     rejected = [
-        {"id": "g1", "filter": "rouge_dedupe", "reason": "near-duplicate: rouge_l 0.8 > 0.7 vs seed id 's1'",
-         "record": seed_copy},
-        {"id": "g2", "filter": "leakage", "reason": "exact copy in test.jsonl: test id 't1'", "record": test_copy},
-    ]  # fmt: skip
+        {
+            "id": "g1",
+            "filter": "rouge_dedupe",
+            "reason": "near-dup: 0.8 > 0.7 vs seed id 's1'",
+            "record": seed_copy,
+        },
+        {
+            "id": "g2",
+            "filter": "leakage",
+            "reason": "exact copy in test.jsonl: test id 't1'",
+            "record": test_copy,
+        },
+    ]
     (run / "out" / "gen" / "rejected" / "shard-00000.jsonl").write_bytes(
         b"".join(orjson.dumps(r) + b"\n" for r in rejected)
     )
