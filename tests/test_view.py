@@ -357,3 +357,24 @@ def test_a_copy_of_a_seed_or_test_record_is_shown_beside_it(tmp_path: Path) -> N
     assert "Near-duplicate of seed id <code>s1</code>" in seeded and "(seed file pool.jsonl)" in seeded
     assert '<span class="d-removed">两</span>' in seeded and '<span class="d-added">三</span>' in seeded
     assert "Copies test id <code>t1</code>" in leaked and "(test file test.jsonl)" in leaked
+
+
+def test_a_named_version_of_a_spec_is_listed_with_its_overrides_and_compared(
+    view_runs: Path, tmp_path: Path, fake_server
+) -> None:
+    from tests.view_fixture import _answerer
+
+    shutil.copytree(view_runs / "v2", tmp_path / "v2")
+    spec = tmp_path / "v2" / "spec.toml"
+    text = re.sub(r'base_url = "[^"]*"', f'base_url = "{fake_server.url}"', spec.read_text("utf-8"))
+    spec.write_text(text, "utf-8")
+    fake_server.set(answer=_answerer("v3"), models=None)
+    engine("run", spec, "--set", "stages.dx.max_bad_output=3", "--as", "longer", "--quiet")
+    with ViewerThread(tmp_path) as server:
+        _, runs_html, _ = get(server, "/")
+        _, compared, _ = get(server, "/compare", a="v2/out", b="v2/out-longer")
+        _, record, _ = get(server, "/record", run="v2/out-longer", stage="dx", id="p09")
+    assert 'href="/run?run=v2%2Fout-longer">longer</a>' in runs_html
+    assert "stages.dx.max_bad_output=3" in runs_html
+    assert "9</b> ids answered in both" in compared and "1 only in B" in compared
+    assert "<h2>Input</h2>" in record and "双膝关节疼痛3年" in record

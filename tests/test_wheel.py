@@ -15,7 +15,19 @@ from pathlib import Path
 
 from tests.engine_helpers import ROOT
 
-EXPECTED = {"run", "status", "export", "filter", "runs", "eval", "train", "distill", "import", "select"}
+EXPECTED = {
+    "run",
+    "status",
+    "export",
+    "filter",
+    "runs",
+    "eval",
+    "train",
+    "distill",
+    "import",
+    "select",
+    "view",
+}
 BEFORE_ARGPARSE = [["runs", "note"], ["filter", "dedupe"], ["filter", "leakage"]]  # dispatched by hand
 
 

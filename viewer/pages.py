@@ -32,12 +32,15 @@ def runs_page(state: State) -> str:
     for row in rows:
         columns += [k for k in row if k not in columns and k not in _LAST_COLUMNS and k != "name"]
     columns += [c for c in _LAST_COLUMNS if any(c in r for r in rows)]
+    columns = [c for c in columns if any(r.get(c) not in (None, "", []) for r in rows)]  # as `engine runs`
     head = "".join(f'<th data-sort="{e(c)}">{e(c).replace("_", "_<wbr>")}</th>' for c in ["name", *columns])
     body_rows = []
     for ref, row in zip(refs, rows, strict=True):
         cells = [f'<td><a href="{url("/run", run=ref.key)}">{e(row["name"])}</a></td>']
         for c in columns:
             value = row.get(c)
+            if isinstance(value, list):  # a named run's `--set` items
+                value = " ".join(map(str, value))
             cls = "num" if isinstance(value, int | float) and not isinstance(value, bool) else c
             if c == "delta" and isinstance(value, int | float):
                 cls += " up" if value > 0 else " down" if value < 0 else ""
@@ -71,10 +74,14 @@ def runs_page(state: State) -> str:
 
 
 def plot_keys(rows: list[dict[str, Any]]) -> list[str]:
-    """The figures `engine runs --plot` draws: the score, then every numeric column of the first row
-    but the outcome counts and the delta."""
+    """The figures `engine runs --plot` draws (engine.history.figure): the score, then every numeric
+    column but the outcome counts and the delta, leaving out those equal in every run."""
     skip = {"rejected", "failed", "delta", "score"}
-    keys = [k for k in rows[0] if k not in skip and isinstance(rows[0].get(k), int | float)]
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k, v in row.items() if k not in skip and k not in keys and isinstance(v, int | float)]
+    if len(rows) > 1:
+        keys = [k for k in keys if len({r.get(k) for r in rows}) > 1]
     return (["score"] if any(r.get("score") is not None for r in rows) else []) + keys
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from engine import history
+from engine.errors import SpecError
+from engine.overrides import apply_override, parse_override
 from engine.spec import STAGE_NAME, Spec
 from engine.store import read_manifests
 
@@ -69,17 +71,20 @@ def pending(ref: RunRef, stage: str) -> int | None:
 
 
 def spec_of(ref: RunRef) -> tuple[Spec, Path] | None:
-    """The run's spec (as its manifest names it, else `spec.toml` beside the output folder) and its
-    folder; None when it is gone or no longer parses. Only read, never built: no provider is made."""
+    """The run's spec (as its manifest names it, else `spec.toml` beside the output folder) with the
+    `--set` overrides of a named run applied, and its folder; None when it is gone or no longer parses.
+    Only read, never built: no provider or generator is made."""
     candidates = [ref.run.manifest.get("spec"), ref.out_dir.parent / "spec.toml"]
     for candidate in candidates:
         if not candidate or not Path(candidate).is_file():
             continue
+        path = Path(candidate)
         try:
-            return Spec.model_validate(tomllib.loads(Path(candidate).read_text("utf-8"))), Path(
-                candidate
-            ).parent
-        except (ValueError, OSError):
+            data = tomllib.loads(path.read_text("utf-8"))
+            for item in ref.run.manifest.get("overrides") or []:
+                apply_override(data, *parse_override(item))
+            return Spec.model_validate(data), path.parent
+        except (ValueError, OSError, SpecError):  # TOML and validation errors are ValueErrors
             continue
     return None
 
