@@ -37,6 +37,8 @@ def missing() -> str | None:
             return (
                 f"{binary} is not installed (apt-get install chromium chromium-driver; `make test` does it)"
             )
+    if shutil.which("fc-list") is None:
+        return "fc-list is not installed (apt-get install fontconfig), so no font can be checked"
     fonts = subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True).stdout
     if not fonts.strip():
         return "no font with Chinese glyphs (apt-get install fonts-wqy-microhei; `make test` does it)"
