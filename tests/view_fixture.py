@@ -179,7 +179,8 @@ def build(root: Path, server: FakeServer) -> Path:
             models=None,
             fail_when={FAILING[version]: 400} if version in FAILING else {},
         )
-        engine("run", folder / "spec.toml", "--quiet")
+        proc = engine("run", folder / "spec.toml", "--quiet", check=False)
+        assert proc.returncode == (3 if version in FAILING else 0), proc.stderr  # 3: some items failed
         history.note(root, version, score, text)  # what `engine runs note` records
     return root
 
