@@ -1,16 +1,14 @@
 """The run spec: TOML read with tomllib, validated with pydantic, hashed.
 
-Errors are one line naming the file, the key path and its line, e.g.
+Errors are one line naming the file, the key path and its line (engine/spec_errors.py), e.g.
 `runs/x/spec.toml:14: stages[0].promt: unknown key (did you mean 'prompt'?)`.
 Generator- and filter-specific keys are validated by their own Config models.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import re
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from engine.errors import SpecError
 from engine.model_cache import model_cache_dir
 from engine.overrides import apply_override, parse_override
+from engine.spec_errors import SpecErrors, read_toml
 
 STAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a folder name that cannot be `.` or `..`
 
@@ -119,19 +118,12 @@ class LoadedSpec:
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> LoadedSpec:
     """Read, override (`--set stages.NAME.key=value` items, see engine/overrides.py) and validate."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read spec ({exc.strerror})") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{path}: invalid TOML: {exc}") from None
+    text, data = read_toml(path)
     overridden = {}
     for item in overrides:
         key, value = parse_override(item)
         overridden[apply_override(data, key, value)] = item
-    err = _Errors(path, text, overridden)
+    err = SpecErrors(path, text, Spec, overridden)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
@@ -140,7 +132,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> LoadedSpec:
     return LoadedSpec(path, spec, text, *_build(spec, path, err), overrides=tuple(overrides))
 
 
-def _build(spec: Spec, path: Path, err: _Errors) -> tuple[dict[str, Any], dict[str, Any]]:
+def _build(spec: Spec, path: Path, err: SpecErrors) -> tuple[dict[str, Any], dict[str, Any]]:
     from engine.providers import kinds, provider_class
     from generators import get_generator
 
@@ -205,7 +197,7 @@ def _build(spec: Spec, path: Path, err: _Errors) -> tuple[dict[str, Any], dict[s
     return generators, configs
 
 
-def _check_out(spec: Spec, path: Path, err: _Errors) -> None:
+def _check_out(spec: Spec, path: Path, err: SpecErrors) -> None:
     """`out` is a folder inside the spec's folder: a run never writes (or replays into) anything else."""
     base = path.parent.resolve()
     out = (base / spec.run.out).resolve()
@@ -214,7 +206,7 @@ def _check_out(spec: Spec, path: Path, err: _Errors) -> None:
         raise err.at(("run", "out"), f"{spec.run.out!r} is not a folder inside {base}; {hint}")
 
 
-def _check_first_record(generator: Any, input_path: Path, where: tuple, err: _Errors) -> None:
+def _check_first_record(generator: Any, input_path: Path, where: tuple, err: SpecErrors) -> None:
     """Fail before any request when the input's first record lacks a field the prompt uses."""
     from engine.store import read_jsonl
 
@@ -227,7 +219,7 @@ def _check_first_record(generator: Any, input_path: Path, where: tuple, err: _Er
         raise err.at((*where, "prompt"), f"{exc} (in {input_path.name})") from None
 
 
-def _check_filters(stage: StageSpec, index: int, path: Path, err: _Errors) -> None:
+def _check_filters(stage: StageSpec, index: int, path: Path, err: SpecErrors) -> None:
     from filters.base import filter_config
 
     for j, table in enumerate(stage.filters):
@@ -242,87 +234,3 @@ def _check_filters(stage: StageSpec, index: int, path: Path, err: _Errors) -> No
             raise err.from_validation(exc, prefix=where) from None
         except (ValueError, OSError) as exc:
             raise err.at(where, str(exc)) from None
-
-
-class _Errors:
-    """Turns validation errors into one line with the key path and the line it sits on."""
-
-    def __init__(self, path: Path, text: str, overridden: dict[tuple, str] | None = None):
-        self.path = path
-        self.lines = _key_lines(text)
-        self.overridden = overridden or {}  # key path -> the `--set` item that set it
-
-    def at(self, loc: tuple, message: str) -> SpecError:
-        return SpecError(f"{self._where(loc)}: {_dotted(loc)}: {message}")
-
-    def _where(self, loc: tuple) -> str:
-        """`file:line` of the key (or the nearest table above it), or `--set ITEM` when an override set
-        it or created it (`--set run.typo.x=1` makes `run.typo`)."""
-        for n in range(len(loc), 0, -1):
-            key = loc[:n]
-            if key in self.overridden:
-                return f"--set {self.overridden[key]}"
-            if key in self.lines:
-                return f"{self.path}:{self.lines[key]}"
-            below = next((item for k, item in self.overridden.items() if k[:n] == key), None)
-            if below is not None:
-                return f"--set {below}"
-        return str(self.path)
-
-    def from_validation(
-        self, exc: ValidationError, prefix: tuple = (), fields: tuple[str, ...] = ()
-    ) -> SpecError:
-        errors = exc.errors()
-        # a misspelt key also shows up as a missing one: name the misspelling
-        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-        loc = prefix + tuple(first["loc"])
-        if first["type"] == "extra_forbidden":
-            key = str(loc[-1])
-            known = fields or (*RunConfig.model_fields, *Spec.model_fields)
-            hint = difflib.get_close_matches(key, known, n=1)
-            message = "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-        elif first["type"] == "missing":
-            message = "required key is missing"
-        else:
-            message = f"{first['msg']} (got {first.get('input')!r})"
-        return self.at(loc, message)
-
-
-def _dotted(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _key_lines(text: str) -> dict[tuple, int]:
-    """Map key paths like ('stages', 0, 'prompt') to the line that sets them (tomllib gives none)."""
-    lines: dict[tuple, int] = {}
-    counters: dict[tuple, int] = {}
-    table: tuple = ()
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith(("'", '"')) else raw.strip()
-        if line.startswith("[["):
-            table = _resolve(line[2 : line.find("]]")], counters, array=True)
-            lines.setdefault(table, number)
-        elif line.startswith("["):
-            table = _resolve(line[1 : line.find("]")], counters, array=False)
-            lines.setdefault(table, number)
-        elif "=" in line:
-            key = tuple(part.strip().strip("\"'") for part in line.split("=", 1)[0].split("."))
-            lines.setdefault(table + key, number)
-    return lines
-
-
-def _resolve(name: str, counters: dict[tuple, int], *, array: bool) -> tuple:
-    """`[[stages.filters]]` -> ('stages', i, 'filters', j): arrays of tables address their latest element."""
-    parts = [p.strip().strip("\"'") for p in name.split(".")]
-    path: tuple = ()
-    for n, part in enumerate(parts):
-        path += (part,)
-        if array and n == len(parts) - 1:
-            counters[path] = counters.get(path, -1) + 1
-            path += (counters[path],)
-        elif path in counters:
-            path += (counters[path],)
-    return path

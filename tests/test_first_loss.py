@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.topk_store import TopKReader, TopKWriter
-from trainers.first.head import HeadTransform, student_scores
+from trainers.first.head import HeadTransform, student_scores, student_top1
 from trainers.first.loss import first_token_loss
 
 
@@ -47,7 +47,7 @@ def reference_loss(h, w, b, ids, teacher_lp, gold, c, tail, ce_weight, head: Hea
     logits = (h @ w.T + b) * head.logit_scale
     if head.softcap:
         logits = head.softcap * torch.tanh(logits / head.softcap)
-    log_q_full = torch.log_softmax(logits / head.temperature, -1)
+    log_q_full = torch.log_softmax(logits, -1)
     valid = torch.isfinite(teacher_lp)
     q = torch.where(valid, log_q_full.gather(1, ids).exp(), 0)
     p = teacher_lp.exp()
@@ -70,9 +70,9 @@ def reference_loss(h, w, b, ids, teacher_lp, gold, c, tail, ce_weight, head: Hea
         (0.3, False, 0.0, HeadTransform()),
         (None, False, 0.0, HeadTransform()),
         (0.5, True, 0.0, HeadTransform()),
-        (0.2, True, 0.7, HeadTransform(temperature=2.0)),
-        (None, True, 1.0, HeadTransform(temperature=0.5)),
-        (0.4, False, 0.3, HeadTransform(temperature=1.5, logit_scale=0.7, softcap=2.0)),
+        (0.2, True, 0.7, HeadTransform(logit_scale=2.0)),
+        (None, True, 1.0, HeadTransform(logit_scale=0.5)),
+        (0.4, False, 0.3, HeadTransform(logit_scale=0.7, softcap=2.0)),
         (0.4, True, 0.0, HeadTransform(logit_scale=1.3, softcap=3.0)),
     ],
 )
@@ -108,11 +108,20 @@ def test_chunk_size_does_not_change_values():
 def test_softcap_and_scale_follow_the_model_head():
     h, w, b, _ = lm_head_case(seed=4)
     ids = torch.arange(5).repeat(h.shape[0], 1)
-    head = HeadTransform(temperature=1.5, logit_scale=0.5, softcap=3.0)
+    head = HeadTransform(logit_scale=0.5, softcap=3.0)
     scores = student_scores(h, w, b, ids, head=head, tail=True)
-    logits = 3.0 * torch.tanh((h @ w.T + b) * 0.5 / 3.0) / 1.5
+    logits = 3.0 * torch.tanh((h @ w.T + b) * 0.5 / 3.0)
     assert torch.allclose(scores.z, logits[:, :5]) and torch.allclose(scores.lse, logits.logsumexp(-1))
     assert torch.allclose(scores.rest, logits[:, 5:].logsumexp(-1))
+
+
+def test_student_top1_is_the_argmax_and_softmax_of_the_full_logits_in_any_chunking():
+    h, w, b, _ = lm_head_case(n=13, seed=5)
+    head = HeadTransform(logit_scale=0.7, softcap=4.0)
+    probs = torch.softmax(4.0 * torch.tanh((h @ w.T + b) * 0.7 / 4.0), -1)
+    for chunk in (1, 4, 100):
+        top1, confidence = student_top1(h, w, b, head, chunk_tokens=chunk)
+        assert torch.equal(top1, probs.argmax(-1)) and torch.allclose(confidence, probs.max(-1).values)
 
 
 def test_no_distilled_tokens_gives_an_empty_result():

@@ -1,9 +1,12 @@
 """FIRST end to end on the small pair: the bundled SmolLM2-135M teacher scores a store, a tiny random
-student with the same tokenizer learns from it; refusals of stores that do not fit."""
+student with the same tokenizer learns from it through `train first`'s spec (the path SFT and DPO take:
+test-set guard, resume, checkpoint scores with held-out KL / agreement / ECE, summary); refusals of
+stores and records that do not fit."""
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +16,7 @@ import numpy as np
 import orjson
 import pytest
 import torch
+from datasets import Dataset
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
@@ -24,10 +28,17 @@ from trainers.first.collator import FirstCollator
 from trainers.first.metrics import next_token_metrics
 from trainers.first.smallmodels import bundled_smollm2, tiny_student
 from trainers.first.teacher import tokenise_records, write_teacher_store
-from trainers.first.trainer import FirstConfig, LoraSettings, build_first_trainer, train_first
+from trainers.first.trainer import FirstConfig, FirstTrainer, train_first
+from trainers.spec import load_spec
 
+ROOT = Path(__file__).parents[1]
 PAIRS = Path(__file__).parent / "data" / "first_pairs.jsonl"
 HELD_OUT = 8
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -40,25 +51,36 @@ def pair(tmp_path_factory):
     records = [orjson.loads(line) for line in PAIRS.read_bytes().splitlines()]
     write_teacher_store(teacher, tokenizer, records, str(root / "store"), batch_size=len(records))
     calibrate_store(root / "store", val_fraction=0.25, tail_bucket=True, log=None)
-    train_file = root / "train.jsonl"
-    train_file.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records[:-HELD_OUT]))
     return SimpleNamespace(
         root=root,
         teacher=teacher,
         tokenizer=tokenizer,
         store=root / "store",
-        train_file=train_file,
+        train_file=write_jsonl(root / "train.jsonl", records[:-HELD_OUT]),
+        held_out_file=write_jsonl(root / "held_out.jsonl", records[-HELD_OUT:]),
         held_out=records[-HELD_OUT:],
         student=tiny_student(teacher_dir, root / "student"),
     )
 
 
-def config(pair, name: str, **overrides) -> FirstConfig:
-    sft = dict(per_device_train_batch_size=4, learning_rate=5e-3, logging_steps=1, save_strategy="no")
-    sft |= dict(activation_checkpointing=False, max_steps=30, seed=0, use_cpu=not torch.cuda.is_available())
-    sft |= overrides.pop("sft", {})
-    fields = dict(model=str(pair.student), store=str(pair.store), records=str(pair.train_file), lora=None)
-    return FirstConfig(output_dir=str(pair.root / name), sft=sft, **(fields | overrides))
+def toml(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else json.dumps(value)
+
+
+def first_spec(pair, folder: Path, top: str = "", lora: str = "enabled = false\n", **first) -> Path:
+    """A train spec on the tiny student: [data] the pair's train and held-out records, [first] the store
+    plus `first` keys (over fast defaults)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = dict(store=str(pair.store), output_dir="out", per_device_train_batch_size=4, learning_rate=5e-3)
+    keys |= dict(activation_checkpointing=False, save_strategy="no") | first
+    path = folder / "train.toml"
+    path.write_text(
+        f'base_model = "{pair.student}"\n{top}'
+        f'[data]\ntrain = ["{pair.train_file}"]\nvalidation = ["{pair.held_out_file}"]\n'
+        f"[lora]\n{lora}[first]\n" + "".join(f"{k} = {toml(v)}\n" for k, v in keys.items()),
+        encoding="utf-8",
+    )
+    return path
 
 
 def held_out_batch(pair):
@@ -81,61 +103,101 @@ def test_collated_rows_are_the_teachers_distribution_over_the_next_token(pair):
     assert (batch["labels"][:, 1:][mask] == batch["input_ids"][:, 1:][mask]).all()
 
 
-def test_short_run_lowers_kd_loss_and_raises_top1_agreement_on_held_out_tokens(pair):
+def test_training_lowers_held_out_kl_raises_agreement_and_reports_them(pair, tmp_path):
     # from a random init the tail bucket is what lifts the teacher's top-k above the rest of the
     # vocabulary; renormalised over the top-k alone, the loss only orders the k ids among themselves
-    trainer = build_first_trainer(config(pair, "full", tail_bucket=True))
-    c = trainer.first_loss.c
-    assert c == orjson.loads((pair.store / "manifest.json").read_bytes())["calibration"]["c"]
+    spec = load_spec(first_spec(pair, tmp_path, tail_bucket=True, max_steps=30), command="first")
+    c = orjson.loads((pair.store / "manifest.json").read_bytes())["calibration"]["c"]
     batch = held_out_batch(pair)
-    before = next_token_metrics(trainer.model, [batch], c, tail_bucket=True)
-    trainer.train()
-    after = next_token_metrics(trainer.model, [batch], c, tail_bucket=True)
+    student = AutoModelForCausalLM.from_pretrained(pair.student)
+    before = next_token_metrics(student, [batch], c, tail_bucket=True)
+    (summary,) = train_first(spec)
+    assert summary["c"] == c and summary["kind"] == "first"
+    (row,) = summary["evaluation"]["checkpoints"]  # no checkpoints saved: the final weights are scored
+    assert row["step"] == 30 and row["path"] == str(tmp_path / "out")
+    # the numbers the trainer's chunked evaluation reports are those of the saved model's full logits
+    after = next_token_metrics(AutoModelForCausalLM.from_pretrained(tmp_path / "out"), [batch], c, True)
+    for name in ("first_kl", "top1_agreement", "accuracy", "ece"):
+        assert row[f"eval_{name}"] == pytest.approx(after[name], abs=1e-4), name
+    assert row["eval_tokens"] == after["tokens"]
     assert after["first_kl"] < 0.7 * before["first_kl"]
-    assert after["teacher_agreement"] >= before["teacher_agreement"] + 0.05
-    logged = [entry["first_kl"] for entry in trainer.state.log_history if "first_kl" in entry]
-    assert np.mean(logged[-5:]) < np.mean(logged[:5])
+    assert after["top1_agreement"] >= before["top1_agreement"] + 0.05
+    losses = [loss for _, loss in summary["curves"]["loss"]]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["evaluation"]["best"]["eval_top1_agreement"] == row["eval_top1_agreement"]
+    assert (tmp_path / "out" / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_train_first_with_lora_and_ce_saves_adapter_and_summary(pair):
-    cfg = config(
-        pair,
-        "lora",
-        c=0.5,
-        ce_weight=0.5,
-        lora=LoraSettings(r=4, alpha=8),
-        sft=dict(max_steps=2, activation_checkpointing=True),  # TRL's default, with peft
-    )
-    trainer = train_first(cfg)
-    out = Path(cfg.output_dir)
-    assert (out / "adapter_config.json").exists()
-    summary = json.loads((out / "first_summary.json").read_text())
+def test_lora_and_ce_checkpoints_are_scored_and_a_longer_run_resumes(pair, tmp_path):
+    path = first_spec(
+        pair, tmp_path, lora="r = 4\n", c=0.5, ce_weight=0.5, max_steps=2, save_strategy="steps",
+        save_steps=1, activation_checkpointing=True,  # TRL's default, with peft
+    )  # fmt: skip
+    (summary,) = train_first(load_spec(path, command="first"))
+    out = tmp_path / "out"
+    assert (out / "adapter_config.json").exists() and (out / "summary.json").exists()
     assert summary["c"] == 0.5 and summary["alignment"]["distilled_share"] == 1.0
-    losses = [e for e in trainer.state.log_history if "first_ce" in e]
+    rows = summary["evaluation"]["checkpoints"]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["eval_first_kl"] != rows[1]["eval_first_kl"]  # each checkpoint's own weights
+    assert all(0 <= r["eval_ece"] <= 1 and 0 <= r["eval_top1_agreement"] <= 1 for r in rows)
+    history = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    losses = [e for e in history if "first_ce" in e]
     assert len(losses) == 2 and all(e["loss"] > e["first_kl"] for e in losses)
+
+    (more,) = train_first(load_spec(path, ["max_steps=3"], command="first"))
+    assert more["resumed_from"].endswith("checkpoint-2") and more["steps"] == 3
+    assert [r["step"] for r in more["evaluation"]["checkpoints"]] == [1, 2, 3]
 
 
 def test_a_teacher_with_another_tokenizer_is_refused(pair, tmp_path):
     other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"<unk>": 0, "hi": 1}, "<unk>")))
     with TopKWriter(tmp_path / "store", 5, 2, vocab_hash(other)) as writer:
         writer.append("pair-00", [0, 1], [[1, 0, 0, 0, 0]], [[-0.1, -3, -np.inf, -np.inf, -np.inf]])
+    spec = load_spec(first_spec(pair, tmp_path, c="none"), [f"store='{tmp_path / 'store'}'"], "first")
     with pytest.raises(SpecError, match="differs from the student's.*SFT"):
-        build_first_trainer(config(pair, "refused", store=str(tmp_path / "store"), c=None))
+        train_first(spec)
 
 
-def test_records_without_teacher_rows_are_refused(pair, tmp_path):
-    records = tmp_path / "records.jsonl"
-    records.write_text(
-        PAIRS.read_text().splitlines()[0]
-        + "\n"
-        + json.dumps({"key": "nope", "prompt": "a", "completion": "b"})
+def test_records_without_teacher_rows_are_refused_before_the_model_loads(pair, tmp_path):
+    records = write_jsonl(
+        tmp_path / "records.jsonl",
+        [orjson.loads(PAIRS.read_bytes().splitlines()[0]), {"key": "nope", "prompt": "a", "completion": "b"}],
     )
-    with pytest.raises(SpecError, match=r"records.jsonl:2: key='nope'"):
-        build_first_trainer(config(pair, "missing", records=str(records), c=None))
+    spec = load_spec(first_spec(pair, tmp_path, c="none"), [f"data.train=['{records}']"], "first")
+    with pytest.raises(
+        SpecError, match=r"--set data.train: 1 record\(s\) have no teacher top-k .*key='nope'"
+    ):
+        train_first(spec)
+    assert not (tmp_path / "out").exists()
 
 
-def test_a_model_with_unsupported_logit_scaling_is_refused_on_the_first_step(pair):
-    trainer = build_first_trainer(config(pair, "scaled", c=None, sft=dict(max_steps=1)))
+def test_records_overlapping_the_test_set_are_refused_on_their_prompt(pair, tmp_path):
+    question = pair.held_out[0]["prompt"][-1]["content"]
+    test = write_jsonl(tmp_path / "test.jsonl", [{"id": "t1", "feature_content": question}])
+    spec = load_spec(
+        first_spec(pair, tmp_path, top=f'[test_set]\nfiles = ["{test}"]\n'),
+        [f"data.train=['{pair.held_out_file}']", "data.validation=[]"],
+        "first",
+    )
+    with pytest.raises(SpecError, match=r"test_set: 1 training record\(s\) overlap the test set on 'prompt'"):
+        train_first(spec)
+
+
+def test_a_model_with_unsupported_logit_scaling_is_refused_on_the_first_step(pair, tmp_path):
+    # FirstTrainer is usable on its own, TRL style: a model, a FirstConfig, a prompt/completion dataset
+    records = [orjson.loads(line) for line in PAIRS.read_bytes().splitlines()[:4]]
+    args = FirstConfig(
+        output_dir=str(tmp_path), store=str(pair.store), c=None, max_steps=1, report_to="none", use_cpu=True,
+        bf16=False,
+    )  # fmt: skip
+    trainer = FirstTrainer(
+        AutoModelForCausalLM.from_pretrained(pair.student),
+        args,
+        train_dataset=Dataset.from_list(records),
+        processing_class=AutoTokenizer.from_pretrained(pair.student),
+    )
     trainer.model.config.logit_scale = 2.0  # FIRST would scale, the Qwen2 forward does not: they disagree
     with pytest.raises(SpecError, match="unsupported output scaling"):
         trainer.train()
@@ -145,54 +207,51 @@ def test_records_that_do_not_match_the_scored_tokens_are_refused(pair, tmp_path)
     records = [orjson.loads(line) for line in PAIRS.read_bytes().splitlines()[:4]]
     for r in records:  # same keys, other answers: the store's tokens no longer line up
         r["completion"] = [{"role": "assistant", "content": "Completely different words here."}]
-    path = tmp_path / "changed.jsonl"
-    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
-    with pytest.raises(SpecError, match="match the stored teacher tokens"):
-        train_first(config(pair, "changed", records=str(path), c=None))
+    path = write_jsonl(tmp_path / "changed.jsonl", records)
+    spec = load_spec(first_spec(pair, tmp_path, c="none"), [f"data.train=['{path}']"], "first")
+    with pytest.raises(SpecError, match="first.store: only 0% of the completion tokens .* match the stored"):
+        train_first(spec)
+
+
+def test_max_length_cuts_are_counted_and_warned_once(pair, tmp_path, caplog):
+    tokenizer = pair.tokenizer
+    records = [orjson.loads(line) for line in PAIRS.read_bytes().splitlines()[:-HELD_OUT]]
+    lengths = [len(tokenise_records(tokenizer, [r])[0]["input_ids"]) for r in records]
+    limit = sorted(lengths)[len(lengths) // 2]  # about half the answers lose their end
+    expected = sum(n > limit for n in lengths)
+    spec = load_spec(first_spec(pair, tmp_path, c=0.5, max_steps=1), [f"max_length={limit}"], "first")
+    with caplog.at_level(logging.WARNING, logger="trainers"):
+        (summary,) = train_first(spec)
+    cuts = summary["max_length_cuts"]
+    assert cuts["max_length"] == limit and cuts["train"]["cut"] == expected > 0
+    assert cuts["train"]["longest"] == max(lengths) and cuts["train"]["dropped"] == 0
+    warnings = [r.getMessage() for r in caplog.records if "cuts the end of the answer" in r.getMessage()]
+    assert len(warnings) == 1 and f"{expected} of {len(records)} training examples" in warnings[0]
 
 
 def test_engine_train_first_reads_a_spec_and_its_overrides(pair, tmp_path):
-    spec = tmp_path / "train.toml"
-    spec.write_text(
-        f"""[first]
-model = "{pair.student}"
-store = "{pair.store}"
-records = "{pair.train_file}"
-output_dir = "out/first"
-c = 0.5
-
-[first.lora]
-r = 4
-alpha = 8
-
-[first.sft]
-per_device_train_batch_size = 4
-max_steps = 5
-save_strategy = "no"
-use_cpu = true
-"""
-    )
+    spec = first_spec(pair, tmp_path, lora="r = 4\nalpha = 8\n", c=0.5, max_steps=5)
     proc = subprocess.run(
-        [sys.executable, "-m", "engine", "train", "first", str(spec), "--set", "sft.max_steps=1"],
-        cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "engine", "train", "first", str(spec), "--set", "max_steps=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads((tmp_path / "out" / "first" / "first_summary.json").read_text())
-    assert summary["c"] == 0.5 and (tmp_path / "out" / "first" / "adapter_config.json").exists()
-    trained = len(PAIRS.read_text().splitlines()) - HELD_OUT
-    assert summary["train"]["epoch"] == pytest.approx(4 / trained)  # one step: --set beat max_steps = 5
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["c"] == 0.5 and (tmp_path / "out" / "adapter_config.json").exists()
+    assert summary["steps"] == 1  # --set beat max_steps = 5
+    assert summary["records"] == {
+        "train": len(PAIRS.read_text().splitlines()) - HELD_OUT,
+        "validation": HELD_OUT,
+    }
+    assert "first: 1 steps" in proc.stdout and "top1_agreement" in proc.stdout
 
 
-def test_engine_train_first_names_an_unknown_key(tmp_path):
+def test_engine_train_first_names_an_unknown_key_and_its_line(tmp_path):
     spec = tmp_path / "train.toml"
-    spec.write_text(
-        '[first]\nmodel = "m"\nstore = "s"\nrecords = "r"\noutput_dir = "o"\ntail_buckett = true\n'
-    )
+    spec.write_text('[first]\nstore = "s"\ntail_buckett = true\n')
     proc = subprocess.run(
         [sys.executable, "-m", "engine", "train", "first", str(spec)],
-        cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert (
-        proc.returncode == 2
-        and "first.tail_buckett: unknown key (did you mean 'tail_bucket'?)" in proc.stderr
-    )
+    expected = f"error: {spec}:3: first.tail_buckett: unknown key (did you mean 'tail_bucket'?)"
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == expected

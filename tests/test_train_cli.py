@@ -18,10 +18,10 @@ DEMO = ROOT / "runs" / "demo" / "train.toml"
 
 def test_shipped_demo_spec_is_valid_for_sft_and_dpo():
     sft = load_spec(DEMO)
-    assert sft.base_model == "" and sft.data.train == ["spec.toml:label_reasons"]
+    assert sft.base_model == "" and sft.data.train == [f"{DEMO.parent / 'spec.toml'}:label_reasons"]
     assert sft.trainer_args("sft")["max_steps"] <= 10  # the demo stays a demo
     dpo = load_spec(DEMO, command="dpo")
-    assert dpo.resolve(dpo.dpo.init_adapter) == sft.resolve(sft.sft.output_dir)
+    assert dpo.dpo.init_adapter == sft.sft.output_dir == str(DEMO.parent / "out" / "train" / "sft")
 
 
 def test_train_and_merge_through_the_engine_cli(tmp_path, capsys):
@@ -36,11 +36,15 @@ def test_train_and_merge_through_the_engine_cli(tmp_path, capsys):
     assert "no adapter_config.json" in capsys.readouterr().err
 
 
-def test_module_entry_point_runs_standalone():
+def test_module_entry_point_runs_standalone_with_every_registered_method():
     out = subprocess.run(
-        [sys.executable, "-m", "trainers.cli", "sft", "--help"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "trainers.cli", "--help"], cwd=ROOT, capture_output=True, text=True
     )
-    assert out.returncode == 0 and "--set KEY=VALUE" in out.stdout
+    assert out.returncode == 0 and "{sft,dpo,first,merge}" in out.stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "trainers.cli", "first", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "--set KEY=VALUE" in out.stdout and "[first]" in out.stdout
 
 
 @pytest.mark.slow

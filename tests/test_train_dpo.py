@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from tests.train_helpers import FAST, records, tiny_model, write_spec
 from trainers.data import Formatter
 from trainers.dpo import build_dpo_trainer, train_dpo
-from trainers.fit import fit
+from trainers.fit import check_lengths, fit
 from trainers.pairs import build_pairs
 from trainers.spec import load_spec
 
@@ -52,7 +52,7 @@ def test_dpo_starts_from_the_sft_adapter_as_reference_and_the_margin_rises(tmp_p
     before = trainer.evaluate()["eval_rewards/margins"]
     assert abs(before) < 1e-4  # policy == reference at the start
 
-    summary = fit(trainer, tmp_path / "out", spec, pairs, kind="dpo", task="joint")
+    summary = fit(trainer, tmp_path / "out", spec, pairs, kind="dpo", given=len(pairs), task="joint")
     (row,) = summary["evaluation"]["checkpoints"]
     assert row["eval_rewards/margins"] > before + 0.05, row
     assert "rewards/margins" in summary["curves"]
@@ -73,10 +73,27 @@ def test_train_dpo_reads_preference_stage_records_and_writes_pairs(tmp_path, sft
     stage.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     body = f"[dpo]\ninit_adapter = '{sft_adapter}'\nmax_steps = 1\nsave_steps = 1\n"
     spec = load_spec(write_spec(tmp_path, body + FAST), [f"data.pairs=['{stage}']"], command="dpo")
-    summary = train_dpo(spec)
+    (summary,) = train_dpo(spec)
     out = tmp_path / "out" / "dpo"
     written = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
     assert [p["id"] for p in written] == [1, 2, 3, 4]
     assert json.loads(written[0]["rejected"][0]["content"])["diseases"] == ["感冒"]
     assert summary["kind"] == "dpo" and summary["records"] == {"pairs": 4, "train": 3, "validation": 1}
     assert json.loads((out / "summary.json").read_text())["steps"] == 1
+
+
+def test_max_length_cuts_of_chosen_or_rejected_answers_are_counted(tmp_path, sft_adapter):
+    body = f"[dpo]\ninit_adapter = '{sft_adapter}'\nmax_steps = 1\n" + FAST
+    spec = load_spec(write_spec(tmp_path, body), ["max_length=200"], command="dpo")
+    pairs = build_pairs(records(), student_records(), Formatter.from_spec(spec))
+    trainer = build_dpo_trainer(spec, pairs, [], tmp_path / "out")
+    tok = trainer.processing_class
+    lengths = [
+        max(len(tok.apply_chat_template(p["prompt"] + p[a], tokenize=True, return_dict=True)["input_ids"])
+            for a in ("chosen", "rejected"))
+        for p in pairs
+    ]  # fmt: skip
+    expected = sum(n > 200 for n in lengths)
+    assert 0 < expected < len(pairs)
+    report = check_lengths(spec, "dpo", trainer, len(pairs))
+    assert report["train"] == {"examples": 8, "cut": expected, "dropped": 0, "longest": max(lengths)}

@@ -4,6 +4,8 @@ checkpoints are scored and resumed, training continues from a given adapter, mer
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from engine.errors import SpecError
 from tests.train_helpers import FAST, TEST_SET, logits, records, tiny_model, write_spec
 from trainers.data import Formatter
+from trainers.fit import check_lengths
 from trainers.merge import merge_adapter
 from trainers.modeling import load_adapter
 from trainers.sft import build_sft_trainer, train_sft
@@ -40,11 +43,13 @@ def test_loss_falls_clearly_on_a_small_overfit_set(joint):
     assert len(losses) == 10
     assert losses[-1] < losses[0] - 2.0, losses
     assert summary["tokens"] > 0 and summary["steps"] == 10
+    assert summary["max_length_cuts"]["train"] == {"examples": 6, "cut": 0, "dropped": 0, "longest": 0}
 
 
 def test_summary_and_loss_curve_are_written_next_to_the_adapter(joint):
     spec, summary = joint
-    out = spec.resolve("out/joint")
+    out = Path(spec.sft.output_dir)
+    assert out == spec.path.parent / "out" / "joint"
     for name in (
         "adapter_model.safetensors",
         "adapter_config.json",
@@ -121,7 +126,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(joint):
 
 def test_continued_training_starts_from_the_given_adapter(joint, tmp_path):
     spec, _ = joint
-    start = spec.resolve("out/joint")
+    start = Path(spec.sft.output_dir)
     given = load_file(start / "adapter_model.safetensors")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in given.items())  # not a fresh LoRA
     # Learning rate 0: whatever the run saves is exactly what it started from.
@@ -144,7 +149,7 @@ def test_training_refuses_test_set_overlap_before_loading_a_model(tmp_path):
 
 def test_merge_gives_the_logits_of_base_plus_adapter(joint, tmp_path):
     spec, _ = joint
-    adapter = spec.resolve("out/joint")
+    adapter = Path(spec.sft.output_dir)
     merged = merge_adapter(adapter, tmp_path / "merged")
     tok = AutoTokenizer.from_pretrained(merged)
     assert (merged / "config.json").is_file() and not (merged / "adapter_config.json").exists()
@@ -153,3 +158,50 @@ def test_merge_gives_the_logits_of_base_plus_adapter(joint, tmp_path):
     assert torch.allclose(expected, got, atol=1e-4)
     with pytest.raises(SpecError, match="not empty"):
         merge_adapter(adapter, tmp_path / "merged")
+
+
+def full_lengths(tokenizer, examples, answer: str = "completion") -> list[int]:
+    return [
+        len(
+            tokenizer.apply_chat_template(e["prompt"] + e[answer], tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
+        for e in examples
+    ]
+
+
+def test_max_length_cuts_are_counted_and_warned_once_with_the_numbers(tmp_path, caplog):
+    spec = load_spec(write_spec(tmp_path, "[sft]\nmax_steps = 1\n" + FAST), ["max_length=135"])
+    examples = Formatter.from_spec(spec).examples(records(), "joint")
+    trainer = build_sft_trainer(spec, "joint", examples, examples[:2], tmp_path / "out")
+    lengths = full_lengths(trainer.processing_class, examples)
+    prompts = [len(p) for p in (trainer.processing_class.apply_chat_template(e["prompt"], tokenize=True,
+               return_dict=True, add_generation_prompt=True)["input_ids"] for e in examples)]  # fmt: skip
+    dropped = sum(p >= 135 for p in prompts)
+    assert 0 < dropped < len(examples) and sum(n > 135 for n in lengths) > dropped  # both kinds of cut
+    with caplog.at_level(logging.WARNING, logger="trainers"):
+        report = check_lengths(spec, "sft", trainer, len(examples), 2)
+    assert report["train"] == {
+        "examples": len(examples),
+        "cut": sum(n > 135 for n in lengths),
+        "dropped": dropped,
+        "longest": max(n for n, p in zip(lengths, prompts, strict=True) if p < 135),
+    }
+    assert report["validation"]["examples"] == 2
+    (warning,) = [r.getMessage() for r in caplog.records if "max_length" in r.getMessage()]
+    assert (
+        f"max_length=135 cuts the end of the answer of {report['train']['cut']} of 8 training examples"
+        in warning
+    )
+    assert f"({dropped} dropped: nothing of the answer left)" in warning and "[sft] max_length" in warning
+
+
+def test_a_max_length_that_leaves_no_example_stops_naming_the_key(tmp_path):
+    spec = load_spec(write_spec(tmp_path, "[sft]\nmax_steps = 1\n" + FAST), ["max_length=100"])
+    examples = Formatter.from_spec(spec).examples(records(), "joint")
+    trainer = build_sft_trainer(spec, "joint", examples, [], tmp_path / "out")
+    with pytest.raises(
+        SpecError, match=r"--set sft.max_length: every training prompt is longer than max_length=100"
+    ):
+        check_lengths(spec, "sft", trainer, len(examples))

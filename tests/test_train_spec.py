@@ -27,29 +27,53 @@ def spec_file(tmp_path, text: str = ""):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("bogus = 1\n", "bogus: unknown key"),
-        ("[lora]\nalpah = 4\n", "lora.alpah: unknown key; did you mean 'alpha'?"),
-        ("[lora]\nzzz = 4\n", "lora.zzz: unknown key; known: r, alpha, dropout, target_modules, qlora"),
-        ("[sft]\nmax_stepz = 4\n", "sft.max_stepz: unknown key; did you mean 'max_steps'?"),
-        ("[sft]\nmode = 'both'\n", "sft.mode: Input should be 'joint' or 'split'"),
-        ("[lora]\nr = 'eight'\n", "lora.r: Input should be a valid integer"),
-        ("[data]\nvalidation_fraction = 1.5\n", "data.validation_fraction: Input should be less than 1"),
-        ("[data\n", "invalid TOML"),
+        ("seed = 1\nbogus = 1\n", ":2: bogus: unknown key"),
+        ("[lora]\nalpah = 4\n", ":2: lora.alpah: unknown key (did you mean 'alpha'?)"),
+        ("[lora]\nzzz = 4\n", ":2: lora.zzz: unknown key (known: enabled, r, alpha, dropout, target_modules"),
+        ("[sft]\nseed = 1\nmax_stepz = 4\n", ":3: sft.max_stepz: unknown key (did you mean 'max_steps'?)"),
+        ("[sft]\nmode = 'both'\n", ":2: sft.mode: Input should be 'joint' or 'split' (got 'both')"),
+        ("[lora]\nr = 'eight'\n", ":2: lora.r: Input should be a valid integer"),
+        ("[data]\nvalidation_fraction = 1.5\n", ":2: data.validation_fraction: Input should be less than 1"),
+        ("[first]\nc = [1]\n", ":2: first.c: Input should be a valid number (got [1])"),
+        ("[first]\ntail_buckett = 1\n", ":2: first.tail_buckett: unknown key (did you mean 'tail_bucket'?)"),
+        ("[data\n", ": invalid TOML"),
     ],
 )
-def test_bad_spec_fails_with_one_line_naming_file_and_key(tmp_path, text, expected):
+def test_bad_spec_fails_with_one_line_naming_file_line_and_key(tmp_path, text, expected):
     path = spec_file(tmp_path, text)
     with pytest.raises(SpecError) as err:
         load_spec(path)
     message = str(err.value)
-    assert message.startswith(f"{path}: ")
-    assert expected in message
+    assert message.startswith(f"{path}{expected}")
     assert "\n" not in message
 
 
 def test_missing_spec_file(tmp_path):
-    with pytest.raises(SpecError, match="train spec not found"):
+    with pytest.raises(SpecError, match="cannot read train spec"):
         load_spec(tmp_path / "nope.toml")
+
+
+def test_every_path_is_absolute_from_the_spec_folder_once_loaded(tmp_path, monkeypatch):
+    folder = tmp_path / "runs" / "x"
+    folder.mkdir(parents=True)
+    path = spec_file(
+        folder,
+        'base_model = "../models/m"\n[data]\ntrain = ["a.jsonl", "data/*.jsonl", "../r/spec.toml:answer"]\n'
+        'demos = "demos.jsonl"\n[test_set]\nfiles = ["/abs/test.jsonl"]\n[first]\nstore = "topk"\n',
+    )
+    monkeypatch.chdir(tmp_path)  # whatever the working directory
+    spec = load_spec(path.relative_to(tmp_path), ["sft.init_adapter=out/a", "resume_from_checkpoint=ck/1"])
+    base = folder.resolve()
+    assert spec.base_model == str(tmp_path.resolve() / "runs" / "models" / "m")
+    stage = f"{base.parent / 'r' / 'spec.toml'}:answer"
+    assert spec.data.train == [str(base / "a.jsonl"), str(base / "data" / "*.jsonl"), stage]
+    assert spec.data.demos == str(base / "demos.jsonl") and spec.data.prompts_dir == ""
+    assert spec.test_set.files == ["/abs/test.jsonl"]
+    assert spec.sft.output_dir == str(base / "out" / "sft")
+    assert spec.sft.init_adapter == str(base / "out" / "a")
+    assert spec.sft.resume_from_checkpoint == str(base / "ck" / "1")
+    assert spec.dpo.output_dir == str(base / "out" / "dpo") and spec.dpo.init_adapter == ""
+    assert spec.first.store == str(base / "topk") and spec.first.output_dir == str(base / "out" / "first")
 
 
 def test_set_overrides_bare_dotted_and_typed_values(tmp_path):
@@ -66,10 +90,9 @@ def test_set_overrides_bare_dotted_and_typed_values(tmp_path):
         ],
     )
     assert spec.sft.max_steps == 2
-    assert spec.sft.output_dir == "out/try"
-    assert spec.resolve(spec.sft.output_dir) == (tmp_path / "out" / "try").resolve()
+    assert spec.sft.output_dir == str((tmp_path / "out" / "try").resolve())  # from the spec's folder
     assert spec.lora.r == 4
-    assert spec.data.train == ["a.jsonl", "b.jsonl"]
+    assert spec.data.train == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
     args = spec.trainer_args("sft")
     assert args["max_steps"] == 2 and args["learning_rate"] == 1e-3 and args["seed"] == 7
     assert args["report_to"] == TRAINER_DEFAULTS["report_to"]
@@ -85,24 +108,27 @@ def test_set_goes_to_the_dpo_table_for_dpo(tmp_path):
 def test_set_bad_syntax_and_bad_value(tmp_path):
     with pytest.raises(SpecError, match="expected KEY=VALUE"):
         load_spec(spec_file(tmp_path), ["max_steps"])
-    with pytest.raises(SpecError, match="lora.r: Input should be a valid integer"):
+    with pytest.raises(SpecError, match="train.toml: --set lora.r: Input should be a valid integer"):
         load_spec(spec_file(tmp_path), ["lora.r=abc"])
+    with pytest.raises(SpecError, match="train.toml: --set sft.max_stepz: unknown key"):
+        load_spec(spec_file(tmp_path), ["max_stepz=1"])
 
 
 def test_trl_rejection_becomes_one_line(tmp_path):
-    from trl import SFTConfig
-
     spec = load_spec(spec_file(tmp_path), ["lr_scheduler_type='nope'"])
     with pytest.raises(SpecError) as err:
-        trl_config(spec, "sft", SFTConfig, tmp_path / "out")
-    assert str(err.value).startswith(f"{spec.path}: [sft]: ") and "\n" not in str(err.value)
+        trl_config(spec, "sft", tmp_path / "out")
+    assert str(err.value).startswith(f"{spec.path}: sft: ") and "\n" not in str(err.value)
+    spec = load_spec(spec_file(tmp_path, "[first]\npacking = true\n"))
+    with pytest.raises(SpecError, match=r"train.toml:1: first: packing / padding_free: FIRST aligns"):
+        trl_config(spec, "first", tmp_path / "out")
 
 
 def test_cli_reports_bad_spec_on_one_line(tmp_path, capsys):
     path = spec_file(tmp_path, "[sft]\nmax_stepz = 4\n")
     assert train_main(["sft", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: {path}: sft.max_stepz: unknown key; did you mean 'max_steps'?"
+    assert err == f"error: {path}:2: sft.max_stepz: unknown key (did you mean 'max_steps'?)"
 
 
 def formatter(tmp_path, text: str = "") -> Formatter:
@@ -156,10 +182,11 @@ def test_stage_source_reads_kept_shards_and_skips_a_torn_line(tmp_path):
     spec = load_spec(spec_file(tmp_path), ["data.train=['run/spec.toml:answer']"])
     got = read_sources(spec, spec.data.train, "data.train")
     assert [r["id"] for r in got] == [r["id"] for r in records()]
+    spec = load_spec(spec_file(tmp_path), ["data.train=['run/spec.toml:other']"])
     with pytest.raises(
-        SpecError, match="'run/spec.toml:other' matches no JSONL file; run `python -m engine run"
+        SpecError, match="data.train: '.*/run/spec.toml:other' matches no JSONL file; run `python -m engine"
     ):
-        read_sources(spec, ["run/spec.toml:other"], "data.train")
+        read_sources(spec, spec.data.train, "data.train")
 
 
 def test_test_set_overlap_refuses_unless_forced(tmp_path):

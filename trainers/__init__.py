@@ -1,8 +1,9 @@
-"""Training entry points on top of TRL: LoRA SFT (joint or split), DPO, adapter merge (docs/train.md).
+"""Training entry points on top of TRL: LoRA SFT (joint or split), DPO, FIRST, adapter merge (docs/train.md).
 
 Public API (imported lazily, so `import trainers` costs nothing):
-  load_spec(path, overrides, command)          trainers.spec     the train spec (TOML)
-  train_sft(spec) / train_dpo(spec)            trainers.sft/.dpo one summary per adapter
+  load_spec(path, overrides, command)          trainers.spec     the train spec (TOML), paths absolute
+  METHODS                                      trainers.methods  the training methods, registered once
+  train_sft(spec) / train_dpo(spec)            trainers.sft/.dpo [one summary per adapter]
   merge_adapter(adapter_dir, out_dir)          trainers.merge    merged model + tokenizer
   build_pairs(teacher, student)                trainers.pairs    DPO pairs from engine records
   predict_split(model, tokenizer, records)     trainers.predict  diseases adapter -> reasons adapter
@@ -21,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 _EXPORTS = {
     "load_spec": "trainers.spec",
+    "METHODS": "trainers.methods",
     "train_sft": "trainers.sft",
     "train_dpo": "trainers.dpo",
     "merge_adapter": "trainers.merge",

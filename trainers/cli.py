@@ -1,5 +1,6 @@
-"""`train sft|dpo|merge` commands: `add_train_commands` plugs them into `python -m engine`; this module
-also runs on its own as `python -m trainers.cli sft SPEC` (and under `accelerate launch -m ...`)."""
+"""`train METHOD|merge` commands, one per registered method (trainers/methods.py): `add_train_commands`
+plugs them into `python -m engine`; this module also runs on its own as `python -m trainers.cli sft SPEC`
+(and under `accelerate launch -m ...`)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,18 @@ from engine.errors import SpecError
 
 
 def _add_subcommands(sub: Any) -> None:
-    for name, help_text in (
-        ("sft", "LoRA SFT on engine answer records (joint or split mode)"),
-        ("dpo", "DPO from the SFT adapter on teacher/student preference pairs"),
-    ):
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
-        cmd.add_argument("spec", type=Path, help="train spec (TOML); see docs/train.md")
+    from trainers.methods import METHODS
+
+    for name, method in METHODS.items():
+        cmd = sub.add_parser(name, help=method.help, description=method.help)
+        cmd.add_argument(
+            "spec", type=Path, help=f"train spec (TOML) with a [{name}] table; see docs/train.md"
+        )
         cmd.add_argument(
             "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-            help="override a spec field (TOML literal; dotted keys; bare TRL keys go to [sft]/[dpo])",
+            help=f"override a spec field (TOML literal; dotted keys; bare method keys go to [{name}])",
         )  # fmt: skip
         cmd.set_defaults(func=run_train, train_command=name)
-    first = sub.add_parser("first", help="FIRST top-k logit distillation from a teacher's top-k store")
-    first.add_argument("spec", type=Path, help="train spec with a [first] table; see docs/first.md")
-    first.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    first.set_defaults(func=run_train, train_command="first")
     merge = sub.add_parser("merge", help="merge an adapter into its base model (for vLLM serving)")
     merge.add_argument("adapter_dir", type=Path)
     merge.add_argument("-o", "--output", type=Path, required=True, help="new folder for the merged model")
@@ -38,8 +36,8 @@ def _add_subcommands(sub: Any) -> None:
 
 
 def add_train_commands(subparsers: Any) -> None:
-    """Register `train sft|dpo|merge` under an argparse sub-parser collection (handler: `args.func`)."""
-    train = subparsers.add_parser("train", help="train adapters with TRL (sft, dpo, first) or merge one")
+    """Register `train METHOD|merge` under an argparse sub-parser collection (handler: `args.func`)."""
+    train = subparsers.add_parser("train", help="train with TRL (sft, dpo, first) or merge an adapter")
     _add_subcommands(train.add_subparsers(dest="train_command", required=True))
 
 
@@ -48,7 +46,7 @@ def run_train(args: argparse.Namespace) -> int:
     from trainers.fit import describe
 
     log = logging.getLogger("trainers")
-    if not log.handlers:  # resume points and dropped examples are worth seeing on the terminal
+    if not log.handlers:  # resume points, cut answers and dropped examples are worth seeing on the terminal
         log.addHandler(logging.StreamHandler())
         log.setLevel(logging.INFO)
 
@@ -57,26 +55,13 @@ def run_train(args: argparse.Namespace) -> int:
 
         print(f"merged model written to {merge_adapter(args.adapter_dir, args.output, args.base)}")
         return 0
-    if args.train_command == "first":
-        from trainers.first.spec import load_first_config
-        from trainers.first.trainer import train_first
-
-        trainer = train_first(load_first_config(args.spec, args.overrides))
-        print(f"FIRST adapter written to {trainer.args.output_dir}")
-        return 0
     from accelerate import PartialState
 
+    from trainers.methods import get_method
     from trainers.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides, args.train_command)
-    if args.train_command == "sft":
-        from trainers.sft import train_sft
-
-        summaries = train_sft(spec)
-    else:
-        from trainers.dpo import train_dpo
-
-        summaries = [train_dpo(spec)]
+    summaries = get_method(args.train_command).run(spec)
     if PartialState().is_main_process:
         for summary in summaries:
             print(describe(summary))

@@ -59,14 +59,15 @@ def stage_files(run_spec: Path, stage: str) -> list[Path]:
 
 
 def source_files(spec: TrainSpec, source: str, key: str) -> list[Path]:
-    """The JSONL files of one source: a file or glob, or 'spec.toml:stage' (that stage's kept shards)."""
+    """The JSONL files of one source (made absolute when the spec loaded): a file or glob, or
+    'spec.toml:stage' (that stage's kept shards). `key` names the spec key in errors."""
     head, sep, stage = source.rpartition(":")
     if sep and head.endswith(".toml"):
-        run_spec = spec.resolve(head)
+        run_spec = Path(head)
         files = stage_files(run_spec, stage)
         hint = f"run `python -m engine run {os.path.relpath(run_spec)}` first"
     else:
-        files = sorted(Path(p) for p in glob.glob(str(spec.resolve(source))))
+        files = sorted(Path(p) for p in glob.glob(source))
         hint = "check the path (relative to the train spec)"
     if not files:
         raise spec.fail(key, f"{source!r} matches no JSONL file; {hint}")
@@ -132,8 +133,8 @@ class Formatter:
 
     @classmethod
     def from_spec(cls, spec: TrainSpec) -> Formatter:
-        folder = spec.resolve(spec.data.prompts_dir) if spec.data.prompts_dir else PROMPTS_DIR
-        demos = read_jsonl(spec.resolve(spec.data.demos)) if spec.data.demos and spec.data.num_demos else []
+        folder = Path(spec.data.prompts_dir) if spec.data.prompts_dir else PROMPTS_DIR
+        demos = read_jsonl(Path(spec.data.demos)) if spec.data.demos and spec.data.num_demos else []
         return cls(spec.data, Prompts.load(folder), demos)
 
     def answer_fields(self, task: Task) -> list[str]:

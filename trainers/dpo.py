@@ -9,6 +9,7 @@ disabled). `beta`, `loss_type` and every other DPOConfig field pass through from
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +19,39 @@ from trl import DPOConfig, DPOTrainer
 from engine.types import Record
 from trainers.checkpoints import load_hook
 from trainers.data import Formatter, read_sources, split_validation
-from trainers.fit import check_kept, fit, trl_config
+from trainers.fit import fit, trl_config
 from trainers.guard import check_test_overlap
 from trainers.modeling import base_folder, load_for_training, load_tokenizer
 from trainers.pairs import pair_from_record, read_pairs
 from trainers.spec import TrainSpec
 
 
+@dataclass
+class DpoConfig(DPOConfig):
+    """The `[dpo]` table: these keys plus any field of TRL's DPOConfig."""
+
+    output_dir: str = field(
+        default="out/dpo", metadata={"help": "the adapter, its checkpoints and the summary", "path": True}
+    )
+    init_adapter: str = field(
+        default="",
+        metadata={"help": "the SFT adapter: the start and (TRL's copy) the reference", "path": True},
+    )
+
+
 def build_dpo_trainer(
     spec: TrainSpec, train: list[dict[str, Any]], evaluation: list[dict[str, Any]], out: Path
 ) -> DPOTrainer:
-    init = spec.resolve(spec.dpo.init_adapter) if spec.dpo.init_adapter else None
-    model, peft_config = load_for_training(spec, init)
+    init = Path(spec.dpo.init_adapter) if spec.dpo.init_adapter else None
+    model, peft_config = load_for_training(spec, init, "dpo.init_adapter")
     trainer = DPOTrainer(
         model=model,
-        args=trl_config(spec, "dpo", DPOConfig, out),
+        args=trl_config(spec, "dpo", out),
         train_dataset=Dataset.from_list(train),
         eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
         processing_class=load_tokenizer(base_folder(spec)),
         peft_config=peft_config,
     )
-    check_kept(spec, "dpo", len(train), trainer)
     return trainer
 
 
@@ -52,26 +65,28 @@ def _split_pairs(
     return split_validation(spec, pairs)
 
 
-def train_dpo(spec: TrainSpec) -> dict[str, Any]:
-    """Build or read the pairs, check them against the test set, train; returns the summary."""
+def train_dpo(spec: TrainSpec) -> list[dict[str, Any]]:
+    """Build or read the pairs, check them against the test set, train; returns [the summary]."""
     load_hook(spec.eval.hook)  # a typo in the hook name should fail now, not after training
     formatter = Formatter.from_spec(spec)
     pairs, source_records = read_pairs(spec, formatter)
     check_test_overlap(spec, source_records)
     train, validation = _split_pairs(spec, pairs, formatter)
-    out = spec.resolve(spec.dpo.output_dir)
+    out = Path(spec.dpo.output_dir)
     trainer = build_dpo_trainer(spec, train, validation, out)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         Dataset.from_list(pairs).to_json(out / "pairs.jsonl", force_ascii=False)
-    return fit(
+    summary = fit(
         trainer,
         out,
         spec,
         validation,
         kind="dpo",
+        given=len(train),
         task="joint",
         base_model=str(base_folder(spec)),
         init_adapter=spec.dpo.init_adapter,
         records={"pairs": len(pairs), "train": len(train), "validation": len(validation)},
     )
+    return [summary]

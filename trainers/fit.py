@@ -1,4 +1,5 @@
-"""The part every training run shares once its TRL trainer is built: resume, train, save, score, summarise."""
+"""The part every training method shares once its TRL trainer is built: its config, the max_length check,
+then resume, train, save, score checkpoints, summarise."""
 
 from __future__ import annotations
 
@@ -7,51 +8,138 @@ from pathlib import Path
 from typing import Any
 
 from trainers.checkpoints import evaluate_checkpoints, load_hook, resume_point
-from trainers.spec import TrainSpec
+from trainers.spec import TrainSpec, config_class
 from trainers.summary import build_summary, write_summary
 
 log = logging.getLogger(__name__)
 
 
-def trl_config(spec: TrainSpec, command: str, config_cls: type, out: Path) -> Any:
-    """SFTConfig/DPOConfig from the spec; TRL's own complaint becomes one line naming the table."""
-    kwargs = spec.trainer_args(command)  # type: ignore[arg-type]
-    if kwargs.get("resume_from_checkpoint"):
-        kwargs["resume_from_checkpoint"] = str(spec.resolve(kwargs["resume_from_checkpoint"]))
+def trl_config(spec: TrainSpec, method: str, out: Path) -> Any:
+    """The method's config dataclass from the spec; TRL's own complaint becomes one line naming the table."""
+    kwargs = {**spec.trainer_args(method), "output_dir": str(out)}
     try:
-        return config_cls(output_dir=str(out), **kwargs)
+        return config_class(method)(**kwargs)
     except (ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise spec.fail(f"[{command}]", first) from None
+        raise spec.fail(method, first) from None
 
 
-def check_kept(spec: TrainSpec, command: str, given: int, trainer: Any) -> None:
-    """TRL silently drops examples whose answer max_length cut off: warn, and fail when none is left."""
-    kept = len(trainer.train_dataset)
-    if kept == 0:
+def full_length(tokenizer: Any, row: dict[str, Any]) -> int:
+    """Tokens of prompt + the longest answer before truncation, as TRL renders them (chat template or not)."""
+
+    def tokens(prompt: Any, answer: Any) -> int:
+        if isinstance(prompt, list):
+            return len(
+                tokenizer.apply_chat_template(prompt + answer, tokenize=True, return_dict=True)["input_ids"]
+            )
+        return len(tokenizer(prompt + answer)["input_ids"])
+
+    if "chosen_ids" in row:  # DPO keeps the untruncated ids (its collator truncates)
+        return len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
+    return tokens(row["prompt"], row["completion"])
+
+
+def _prepared_lengths(dataset: Any) -> list[int]:
+    """Tokens per example after TRL's preparation (SFT truncates there; DPO's collator truncates later)."""
+    columns = dataset.column_names
+    if "chosen_ids" in columns:
+        return [
+            len(p) + max(len(c), len(r))
+            for p, c, r in zip(
+                dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True
+            )
+        ]
+    return [len(ids) for ids in dataset["input_ids"]]
+
+
+def _cut(dataset: Any, given: int, limit: int, tokenizer: Any) -> dict[str, int]:
+    """{examples, cut, dropped, longest}: examples whose answer max_length cuts (TRL drops those it cuts
+    entirely). A cut example sits at exactly `limit` tokens after SFT's preparation, so only those are
+    tokenised again to learn their full length."""
+    at_limit = [i for i, n in enumerate(_prepared_lengths(dataset)) if n >= limit]
+    lengths = [full_length(tokenizer, dataset[i]) for i in at_limit]
+    dropped = given - len(dataset)
+    return {
+        "examples": given,
+        "cut": dropped + sum(n > limit for n in lengths),
+        "dropped": dropped,
+        "longest": max(lengths, default=0),
+    }
+
+
+def check_lengths(spec: TrainSpec, method: str, trainer: Any, given: int, given_eval: int = 0) -> dict:
+    """Count the examples whose answer `max_length` cuts off, warn once with the numbers, and fail when no
+    training example is left. Returns the counts (for the summary)."""
+    limit = trainer.args.max_length
+    if limit is None:
+        return {}
+    if len(trainer.train_dataset) == 0:
         raise spec.fail(
-            f"{command}.max_length",
-            f"every training prompt is longer than max_length={trainer.args.max_length}; raise it, "
+            f"{method}.max_length",
+            f"every training prompt is longer than max_length={limit}; raise it, "
             "or set truncation_mode = 'keep_end'",
         )
-    if kept < given:
-        log.warning("%d of %d training examples dropped: answer cut off by max_length", given - kept, given)
+    report = {
+        "max_length": limit,
+        "train": _cut(trainer.train_dataset, given, limit, trainer.processing_class),
+    }
+    if trainer.eval_dataset is not None:
+        report["validation"] = _cut(trainer.eval_dataset, given_eval, limit, trainer.processing_class)
+    parts = [
+        f"{counts['cut']} of {counts['examples']} {'training' if split == 'train' else split} examples"
+        + (f" ({counts['dropped']} dropped: nothing of the answer left)" if counts["dropped"] else "")
+        for split, counts in report.items()
+        if split != "max_length" and counts["cut"]
+    ]
+    if parts and trainer.is_world_process_zero():
+        longest = max(c["longest"] for s, c in report.items() if s != "max_length")
+        longest_text = f"; the longest kept one has {longest} tokens" if longest else ""
+        log.warning(
+            "max_length=%d cuts the end of the answer of %s%s: raise [%s] max_length (TRL's default is 1024)",
+            limit,
+            " and ".join(parts),
+            longest_text,
+            method,
+        )
+    return report
 
 
-def fit(trainer: Any, out: Path, spec: TrainSpec, eval_examples: list[dict[str, Any]], **extra: Any) -> dict:
-    """Train (resuming from the newest checkpoint in `out`), save the adapter, score checkpoints, sum up."""
+def fit(
+    trainer: Any,
+    out: Path,
+    spec: TrainSpec,
+    eval_examples: list[dict[str, Any]],
+    *,
+    kind: str,
+    given: int,
+    **extra: Any,
+) -> dict:
+    """Check what max_length cuts, train (resuming from the newest checkpoint in `out`), save the model,
+    score checkpoints, sum up. `kind` is the method; `given` the number of training examples built."""
+    cuts = check_lengths(spec, kind, trainer, given, len(eval_examples))
     resume = resume_point(trainer.args.resume_from_checkpoint, out)
     if resume:
         log.info("resuming from %s", resume)
     output = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(out))  # adapter + tokenizer; the trainer writes on the main process only
+    trainer.save_model(str(out))  # adapter (or model) + tokenizer; written on the main process only
     evaluation = evaluate_checkpoints(trainer, out, spec.eval, eval_examples, load_hook(spec.eval.hook))
     summary = build_summary(
-        trainer, output.metrics, output_dir=str(out), resumed_from=resume, evaluation=evaluation, **extra
+        trainer,
+        output.metrics,
+        kind=kind,
+        output_dir=str(out),
+        resumed_from=resume,
+        evaluation=evaluation,
+        max_length_cuts=cuts,
+        **extra,
     )
     if trainer.is_world_process_zero():
         write_summary(out, summary)
     return summary
+
+
+# Held-out metrics worth a place on the terminal line when the best checkpoint has them (FIRST's).
+SHOWN = ("eval_first_kl", "eval_top1_agreement", "eval_ece")
 
 
 def describe(summary: dict[str, Any]) -> str:
@@ -60,8 +148,12 @@ def describe(summary: dict[str, Any]) -> str:
     loss = f"loss {first:.3f} -> {last:.3f}" if first is not None and last is not None else "no loss logged"
     best = summary["evaluation"].get("best")
     metric = summary["evaluation"].get("metric")
-    chosen = f"; best {Path(best['path']).name} ({metric} {best[metric]:.4f})" if best else ""
+    chosen = ""
+    if best:
+        shown = [f"{metric} {best[metric]:.4f}"] + [f"{k[5:]} {best[k]:.4f}" for k in SHOWN if k in best]
+        chosen = f"; best {Path(best['path']).name} ({', '.join(shown)})"
+    what = f"{summary['kind']} {summary['task']}" if summary.get("task") else summary["kind"]
     return (
-        f"{summary['kind']} {summary['task']}: {summary['steps']} steps, {summary['tokens']} tokens, {loss}, "
+        f"{what}: {summary['steps']} steps, {summary['tokens']} tokens, {loss}, "
         f"{summary['train_runtime_s']} s{chosen} -> {summary['output_dir']}"
     )

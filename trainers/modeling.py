@@ -1,7 +1,8 @@
 """Loading the base model, tokenizer and LoRA/QLoRA setup a training run starts from.
 
-Returns either a plain model plus a LoraConfig (TRL wraps it) or, when the spec continues from an
-adapter, a PeftModel loaded trainable (TRL trains it as is; DPO copies it as its reference).
+Returns either a plain model plus a LoraConfig (TRL wraps it), or, when the spec continues from an
+adapter, a PeftModel loaded trainable (TRL trains it as is; DPO copies it as its reference), or, with
+`[lora] enabled = false`, the plain model alone (full fine-tuning).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from engine.errors import SpecError
 from trainers.base_model import resolve_base_model
 from trainers.spec import TrainSpec
 
@@ -33,7 +33,7 @@ def lora_config(spec: TrainSpec) -> LoraConfig:
 
 
 def base_folder(spec: TrainSpec) -> Path:
-    return resolve_base_model(spec.resolve(spec.base_model) if spec.base_model else "")
+    return resolve_base_model(spec.base_model)  # absolute since the spec loaded; "" = the bundled model
 
 
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
@@ -64,18 +64,26 @@ def _quantization(spec: TrainSpec) -> dict[str, Any]:
     return {"quantization_config": config, "device_map": {"": PartialState().local_process_index}}
 
 
-def load_for_training(spec: TrainSpec, init_adapter: Path | None) -> tuple[Any, LoraConfig | None]:
-    """(model, peft_config): a fresh LoRA config, or a trainable PeftModel continuing `init_adapter`."""
+def load_for_training(
+    spec: TrainSpec, init_adapter: Path | None, key: str = "init_adapter"
+) -> tuple[Any, LoraConfig | None]:
+    """(model, peft_config): a fresh LoRA config, a trainable PeftModel continuing `init_adapter`, or
+    (LoRA disabled) the model alone, every weight trainable."""
+    if init_adapter is not None and not (init_adapter / "adapter_config.json").is_file():
+        raise spec.fail(
+            key,
+            f"{str(init_adapter)!r}: no adapter_config.json there; train that adapter first, or fix the path "
+            "(relative to the spec)",
+        )
+    if init_adapter is not None and not spec.lora.enabled:
+        raise spec.fail(key, "continues an adapter, but lora.enabled = false; set base_model to a full model")
     folder = base_folder(spec)
     kwargs: dict[str, Any] = {"dtype": DTYPES.get(spec.dtype, "auto"), **_quantization(spec)}
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if not spec.lora.enabled:
+        return model, None
     if init_adapter is None:
         return model, lora_config(spec)
-    if not (init_adapter / "adapter_config.json").is_file():
-        raise SpecError(
-            f"{spec.path}: init_adapter {str(init_adapter)!r}: no adapter_config.json there; "
-            "train that adapter first, or fix the path (relative to the spec)"
-        )
     return PeftModel.from_pretrained(model, init_adapter, is_trainable=True), None
 
 

@@ -8,8 +8,9 @@ the label, answers the reasons); `trainers.predict.predict_split` chains them at
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from datasets import Dataset
@@ -17,10 +18,28 @@ from trl import SFTConfig, SFTTrainer
 
 from trainers.checkpoints import load_hook
 from trainers.data import Formatter, Task, read_sources, split_validation
-from trainers.fit import check_kept, fit, trl_config
+from trainers.fit import fit, trl_config
 from trainers.guard import check_test_overlap
 from trainers.modeling import base_folder, load_for_training, load_tokenizer
 from trainers.spec import TrainSpec
+
+
+@dataclass
+class SftConfig(SFTConfig):
+    """The `[sft]` table: these keys plus any field of TRL's SFTConfig."""
+
+    output_dir: str = field(
+        default="out/sft", metadata={"help": "the adapter, its checkpoints and the summary", "path": True}
+    )
+    mode: Literal["joint", "split"] = field(
+        default="joint",
+        metadata={
+            "help": "joint: one adapter answers reason + label; split: a diseases and a reasons adapter"
+        },
+    )
+    init_adapter: str = field(
+        default="", metadata={"help": "continue from this adapter (split: a folder of both)", "path": True}
+    )
 
 
 def sft_tasks(spec: TrainSpec) -> list[Task]:
@@ -35,17 +54,16 @@ def task_dir(root: Path, task: Task) -> Path:
 def build_sft_trainer(
     spec: TrainSpec, task: Task, train: list[dict[str, Any]], evaluation: list[dict[str, Any]], out: Path
 ) -> SFTTrainer:
-    init = task_dir(spec.resolve(spec.sft.init_adapter), task) if spec.sft.init_adapter else None
-    model, peft_config = load_for_training(spec, init)
+    init = task_dir(Path(spec.sft.init_adapter), task) if spec.sft.init_adapter else None
+    model, peft_config = load_for_training(spec, init, "sft.init_adapter")
     trainer = SFTTrainer(
         model=model,
-        args=trl_config(spec, "sft", SFTConfig, out),
+        args=trl_config(spec, "sft", out),
         train_dataset=Dataset.from_list(train),
         eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
         processing_class=load_tokenizer(base_folder(spec)),
         peft_config=peft_config,
     )
-    check_kept(spec, "sft", len(train), trainer)
     return trainer
 
 
@@ -60,7 +78,7 @@ def train_sft(spec: TrainSpec) -> list[dict[str, Any]]:
     check_test_overlap(spec, records)
     train, validation = split_validation(spec, records)
     formatter = Formatter.from_spec(spec)
-    root = spec.resolve(spec.sft.output_dir)
+    root = Path(spec.sft.output_dir)
     summaries = []
     for task in sft_tasks(spec):
         out = task_dir(root, task)
@@ -73,6 +91,7 @@ def train_sft(spec: TrainSpec) -> list[dict[str, Any]]:
                 spec,
                 eval_examples,
                 kind="sft",
+                given=len(train),
                 task=task,
                 base_model=str(base_folder(spec)),
                 init_adapter=spec.sft.init_adapter,

@@ -10,10 +10,8 @@ from typing import Any
 
 _EXPORTS = {
     "FirstConfig": "trainer",
-    "LoraSettings": "trainer",
     "FirstLoss": "trainer",
     "FirstTrainer": "trainer",
-    "build_first_trainer": "trainer",
     "train_first": "trainer",
     "FirstCollator": "collator",
     "align_example": "collator",
@@ -25,6 +23,7 @@ _EXPORTS = {
     "write_teacher_store": "teacher",
     "score_topk": "teacher",
     "next_token_metrics": "metrics",
+    "NextTokenStats": "metrics",
     "add_distill_commands": "cli",
 }
 __all__ = sorted(_EXPORTS)

@@ -20,9 +20,10 @@ LOGIT_CHUNK_ELEMENTS = 1 << 25  # positions per chunk = this // vocab (128 MiB o
 
 @dataclass(frozen=True)
 class HeadTransform:
-    """What the model applies between `lm_head` and its logits (scale, soft-capping), then / temperature."""
+    """What the model applies between `lm_head` and its logits (scale, soft-capping). There is no student
+    temperature on purpose: a student trained on logits / T answers at T = 1, sharper or flatter than the
+    teacher it matched."""
 
-    temperature: float = 1.0
     logit_scale: float = 1.0
     softcap: float | None = None
 
@@ -32,12 +33,10 @@ class HeadTransform:
             x = x * self.logit_scale
         if self.softcap:
             x = self.softcap * torch.tanh(x / self.softcap)
-        return x / self.temperature if self.temperature != 1.0 else x
+        return x
 
     def backward(self, pre: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """d loss / d pre from d loss / d logits."""
-        if self.temperature != 1.0:
-            grad = grad / self.temperature
         if self.softcap:
             x = pre.to(grad.dtype) * self.logit_scale
             grad = grad * (1 - torch.tanh(x / self.softcap) ** 2)
@@ -103,6 +102,32 @@ class _VocabStats(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
+def _chunk(weight: torch.Tensor, chunk_tokens: int | None) -> int:
+    return chunk_tokens or max(1, LOGIT_CHUNK_ELEMENTS // weight.shape[0])
+
+
+@torch.no_grad()
+def student_top1(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    head: HeadTransform = HeadTransform(),
+    chunk_tokens: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's most likely token over the whole vocabulary and its probability, [N] each, from
+    hidden states [N, H], one [chunk, vocab] block at a time (held-out metrics)."""
+    step = _chunk(weight, chunk_tokens)
+    ids, probs = [], []
+    for s in range(0, hidden.shape[0], step):
+        logits = head(F.linear(hidden[s : s + step], weight, bias))
+        top, idx = logits.max(-1)
+        ids.append(idx)
+        probs.append(torch.exp(top - torch.logsumexp(logits, dim=-1)))
+    if not ids:
+        return hidden.new_zeros(0, dtype=torch.long), hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(ids), torch.cat(probs)
+
+
 def _gathered(h, weight, bias, ids, head: HeadTransform):
     z = torch.einsum("nh,nkh->nk", h, weight[ids])  # a [n, k, H] gather, no [n, vocab] product
     return head(z if bias is None else z + bias[ids])
@@ -122,7 +147,7 @@ def student_scores(
     """Scores for hidden states [N, H] against teacher ids [N, k] (`valid`: the entries the teacher
     filled, for the tail): lse and rest with `tail`, lse and gold with `gold`."""
     valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid
-    step = chunk_tokens or max(1, LOGIT_CHUNK_ELEMENTS // weight.shape[0])
+    step = _chunk(weight, chunk_tokens)
     full = tail or gold is not None
     own = torch.where(valid, ids, ids[:, :1])
     parts = []

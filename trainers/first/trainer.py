@@ -1,55 +1,76 @@
-"""FIRST training: a thin SFTTrainer subclass whose loss is the calibrated top-k KL (loss.py), fed by
-FirstCollator, with LoRA through peft and distribution through `accelerate launch` as in SFT."""
+"""FIRST training, in TRL's shape: `FirstConfig` (SFTConfig plus FIRST's keys: the `[first]` table of a
+train spec) and `FirstTrainer`, a thin SFTTrainer subclass whose loss is the calibrated top-k KL
+(loss.py), fed by FirstCollator. `train_first(spec)` runs it through the path every method shares
+(trainers/fit.py): test-set guard, resume, checkpoint scores, summary.json and loss.png.
+
+Held-out evaluation adds, per checkpoint, the KL to the (calibrated) teacher, the student's top-1
+agreement with the teacher, its top-1 accuracy on the gold token and its expected calibration error.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from engine.errors import SpecError
-from engine.store import numbered_jsonl
 from engine.topk_store import TopKReader, check_compatible
+from trainers.checkpoints import load_hook
+from trainers.data import read_sources, split_validation
 from trainers.first.calibrate import resolve_c
 from trainers.first.collator import FirstCollator
-from trainers.first.head import HeadTransform, student_scores
+from trainers.first.head import HeadTransform, student_scores, student_top1
 from trainers.first.loss import first_token_loss
+from trainers.first.metrics import NextTokenStats
+from trainers.fit import fit, trl_config
+from trainers.guard import check_test_overlap
+from trainers.modeling import base_folder, load_for_training, load_tokenizer
+from trainers.spec import TrainSpec
 
 log = logging.getLogger(__name__)
 MIN_ALIGNED = 0.5  # below this share of completion tokens with a teacher row, the store does not fit
 
 
 @dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"
+class FirstConfig(SFTConfig):
+    """The `[first]` table: these keys plus any field of TRL's SFTConfig (as TRL's GKDConfig extends it)."""
 
+    output_dir: str = field(
+        default="out/first", metadata={"help": "the adapter (or model), checkpoints, summary", "path": True}
+    )
+    init_adapter: str = field(default="", metadata={"help": "continue from this adapter", "path": True})
+    store: str = field(
+        default="", metadata={"help": "the teacher's top-k store (a folder); required", "path": True}
+    )
+    key_field: str = field(default="key", metadata={"help": "the record field holding the store key"})
+    c: float | str | None = field(
+        default="manifest",
+        metadata={"help": "'manifest': the store's calibrated c; a number; 'none': no transform"},
+    )
+    k: int | None = field(default=None, metadata={"help": "use the best k stored entries (default: all)"})
+    tail_bucket: bool = field(
+        default=False, metadata={"help": "a (k+1)-th bucket for the mass outside the top-k"}
+    )
+    ce_weight: float = field(default=0.0, metadata={"help": "+ ce_weight x cross-entropy on the gold token"})
+    logit_chunk_tokens: int | None = field(
+        default=None, metadata={"help": "positions per LM-head chunk (default: 2^25 // vocab)"}
+    )
 
-@dataclass
-class FirstConfig:
-    """Everything `python -m engine train first` needs; `sft` takes any trl.SFTConfig field."""
-
-    model: str  # base (student) model: a transformers folder or hub id available offline
-    store: str  # top-k store written by the teacher (engine/topk_store.py)
-    records: str  # JSONL of {key, prompt, completion}: the same records the store was scored on
-    output_dir: str
-    tokenizer: str | None = None  # student tokenizer, when not the model's own
-    key_field: str = "key"
-    c: float | str | None = "manifest"  # "manifest": the calibrated c; None / "none": no transform
-    k: int | None = None  # use the best k stored entries (None: all)
-    tail_bucket: bool = False  # a (k+1)-th bucket for the mass outside the top-k
-    ce_weight: float = 0.0  # + ce_weight * cross-entropy on the distilled tokens
-    student_temperature: float = 1.0
-    logit_chunk_tokens: int | None = None  # positions per LM-head chunk (None: 2^25 // vocab)
-    lora: LoraSettings | None = field(default_factory=LoraSettings)  # None: full fine-tuning
-    sft: dict[str, Any] = field(default_factory=dict)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.packing or self.padding_free:
+            raise ValueError("packing / padding_free: FIRST aligns teacher rows per example; set them false")
+        if self.k is not None and self.k <= 0:
+            raise ValueError(f"k must be > 0, got {self.k}")
+        if self.ce_weight < 0:
+            raise ValueError(f"ce_weight must be >= 0, got {self.ce_weight}")
+        self.remove_unused_columns = False  # the collator needs the record key column
 
 
 @dataclass(frozen=True)
@@ -57,23 +78,54 @@ class FirstLoss:
     c: float | None
     tail_bucket: bool = False
     ce_weight: float = 0.0
-    student_temperature: float = 1.0
     chunk_tokens: int | None = None
 
 
-class FirstTrainer(SFTTrainer):
-    """SFTTrainer with the FIRST loss; the batch carries teacher_ids / teacher_logprobs [B, L, k]."""
+Fail = Callable[[str, str], Exception]
 
-    def __init__(self, *args: Any, first_loss: FirstLoss, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.first_loss = first_loss
+
+def _plain_fail(key: str, message: str) -> Exception:
+    return SpecError(f"first.{key}: {message}")
+
+
+def open_store(
+    args: FirstConfig, tokenizer: Any, fail: Fail = _plain_fail
+) -> tuple[TopKReader, float | None]:
+    """The store and the c to train with, after checking the store fits the student and the config."""
+    if not args.store:
+        raise fail("store", "required: the teacher's top-k store (a folder; see docs/first.md)")
+    reader = TopKReader(args.store)
+    check_compatible(reader.vocab_hash, tokenizer)
+    if args.k is not None and args.k > reader.k:
+        raise fail("k", f"the store holds the top {reader.k}; asked for {args.k}")
+    return reader, resolve_c(args.c, reader.manifest, args.tail_bucket, args.store)
+
+
+class FirstTrainer(SFTTrainer):
+    """SFTTrainer with the FIRST loss; builds its FirstCollator from `args.store` (the batch then carries
+    teacher_ids / teacher_logprobs [B, L, k])."""
+
+    def __init__(self, model: Any, args: FirstConfig, *, processing_class: Any, **kwargs: Any):
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+        reader, c = open_store(args, processing_class)
+        if kwargs.get("data_collator") is None:
+            kwargs["data_collator"] = FirstCollator(
+                reader,
+                processing_class.pad_token_id,
+                k=args.k,
+                vocab_size=model.get_output_embeddings().weight.shape[0],
+                key_field=args.key_field,
+            )
+        super().__init__(model, args=args, processing_class=processing_class, **kwargs)
+        self.first_loss = FirstLoss(c, args.tail_bucket, args.ce_weight, args.logit_chunk_tokens)
         self._head_checked = False
+        self._eval_stats: NextTokenStats | None = None
 
     def _check_head(self, outputs: Any, head_module: torch.nn.Module, head: HeadTransform) -> None:
-        plain = HeadTransform(1.0, head.logit_scale, head.softcap)
         with torch.no_grad(), self.accelerator.autocast():
             last = outputs.hidden_states[-1][:, -1]
-            ours = plain(torch.nn.functional.linear(last, head_module.weight, head_module.bias))
+            ours = head(torch.nn.functional.linear(last, head_module.weight, head_module.bias))
             theirs = outputs.logits[:, -1].float()
         # a scaling convention shows as a factor or a squashing, far beyond bf16 rounding (~0.4%)
         if (ours - theirs).abs().max() > 0.02 * theirs.abs().max() + 0.05:
@@ -84,7 +136,7 @@ class FirstTrainer(SFTTrainer):
         self._head_checked = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        cfg, mode = self.first_loss, "train" if self.model.training else "eval"
+        cfg, training = self.first_loss, self.model.training
         labels, t_ids, t_lps = inputs["labels"], inputs["teacher_ids"], inputs["teacher_logprobs"]
         # without labels, and with the logits of one position only: the loss needs the hidden states
         outputs = model(
@@ -100,104 +152,68 @@ class FirstTrainer(SFTTrainer):
         head_module = unwrapped.get_output_embeddings()
         text_config = unwrapped.config.get_text_config()
         head = HeadTransform(
-            cfg.student_temperature,
             getattr(text_config, "logit_scale", None) or 1.0,
             getattr(text_config, "final_logit_softcapping", None),
         )
         if not self._head_checked:  # the one logit the model computed must match ours (scaling conventions)
             self._check_head(outputs, head_module, head)
         ids, lps = t_ids[:, :-1][mask], t_lps[:, :-1][mask]
-        gold = labels[:, 1:][mask] if cfg.ce_weight else None
+        gold = labels[:, 1:][mask]
         weight, bias, valid = head_module.weight, head_module.bias, torch.isfinite(lps)
         with self.accelerator.autocast():  # the LM head at the precision the model's own forward uses
             scores = student_scores(
-                hidden, weight, bias, ids, valid, gold, head, cfg.tail_bucket, cfg.chunk_tokens
-            )
+                hidden, weight, bias, ids, valid, gold if cfg.ce_weight else None, head, cfg.tail_bucket,
+                cfg.chunk_tokens,
+            )  # fmt: skip
         kl, ce = first_token_loss(scores, lps, cfg.c, cfg.tail_bucket)
         per_token = kl if ce is None else kl + cfg.ce_weight * ce
         count = mask.sum() if num_items_in_batch is None else num_items_in_batch
         loss = per_token.sum() / torch.as_tensor(count).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
-        n = max(int(mask.sum()), 1)
-        self._metrics[mode]["first_kl"].append(kl.detach().sum().item() / n)
-        if ce is not None:
-            self._metrics[mode]["first_ce"].append(ce.detach().sum().item() / n)
+        if training:
+            n = max(int(mask.sum()), 1)
+            self._metrics["train"]["first_kl"].append(kl.detach().sum().item() / n)
+            if ce is not None:
+                self._metrics["train"]["first_ce"].append(ce.detach().sum().item() / n)
+        elif self._eval_stats is not None:
+            with torch.no_grad(), self.accelerator.autocast():
+                top1, confidence = student_top1(hidden, weight, bias, head, cfg.chunk_tokens)
+            teacher_top1 = ids.gather(1, lps.argmax(-1, keepdim=True))[:, 0]
+            self._eval_stats.add(kl.detach(), top1, confidence, teacher_top1, gold)
         return (loss, outputs) if return_outputs else loss
 
-
-def load_records(path: str, key_field: str, reader: TopKReader) -> list[dict]:
-    """The prompt/completion records to distil on; each must have its key in the store."""
-    records = []
-    for line_no, record in numbered_jsonl(path):
-        missing = [f for f in (key_field, "prompt", "completion") if f not in record]
-        if missing:
-            raise SpecError(f"{path}:{line_no}: missing field(s) {missing}")
-        if record[key_field] not in reader:
-            raise SpecError(
-                f"{path}:{line_no}: {key_field}={record[key_field]!r}: no teacher top-k in {reader.dir}"
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        """The held-out next-token metrics, summed over every process's tokens, beside eval_loss."""
+        self._eval_stats = NextTokenStats()
+        try:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
             )
-        records.append(
-            {key_field: record[key_field], "prompt": record["prompt"], "completion": record["completion"]}
-        )
-    if not records:
-        raise SpecError(f"{path}: no records")
-    return records
+            totals = self.accelerator.reduce(self._eval_stats.totals.to(self.accelerator.device), "sum")
+        finally:
+            self._eval_stats = None
+        metrics = NextTokenStats.from_totals(totals.cpu()).metrics()
+        output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in metrics.items()})
+        return output
 
 
-def build_first_trainer(config: FirstConfig) -> FirstTrainer:
-    """The configured trainer, not yet trained (the benchmark times its steps)."""
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    reader = TopKReader(config.store)
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
-    check_compatible(reader.vocab_hash, tokenizer)
-    loss = FirstLoss(
-        resolve_c(config.c, reader.manifest, config.tail_bucket, config.store),
-        config.tail_bucket,
-        config.ce_weight,
-        config.student_temperature,
-        config.logit_chunk_tokens,
-    )
-    if config.sft.get("packing") or config.sft.get("padding_free"):
-        raise SpecError("sft.packing / sft.padding_free: FIRST aligns teacher rows per example; set false")
-    if config.k is not None and not 0 < config.k <= reader.k:
-        raise SpecError(f"k: the store holds the top {reader.k}; asked for {config.k}")
-    dataset = Dataset.from_list(load_records(config.records, config.key_field, reader))
-    model = AutoModelForCausalLM.from_pretrained(config.model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    collator = FirstCollator(
-        reader,
-        tokenizer.pad_token_id,
-        k=config.k,
-        vocab_size=model.get_output_embeddings().weight.shape[0],
-        key_field=config.key_field,
-    )
-    sft = {"report_to": "none", **config.sft, "remove_unused_columns": False}  # keep the key column
-    lora = config.lora
-    peft_config = (
-        None
-        if lora is None
-        else LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            task_type="CAUSAL_LM",
-        )
-    )
-    return FirstTrainer(
-        model=model,
-        args=SFTConfig(output_dir=config.output_dir, **sft),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        data_collator=collator,
-        peft_config=peft_config,
-        first_loss=loss,
-    )
+def first_examples(spec: TrainSpec, records: list[dict], source: str) -> list[dict]:
+    """{key, prompt, completion} per record: TRL prompt-completion rows, as the store was scored on."""
+    key = spec.first.key_field
+    out = []
+    for index, record in enumerate(records):
+        missing = [f for f in (key, "prompt", "completion") if f not in record]
+        if missing:
+            raise spec.fail(
+                source,
+                f"record #{index + 1} (id {record.get(key, '?')!r}): missing field(s) {missing}; FIRST "
+                "trains on prompt/completion records, the ones the teacher's top-k was captured on",
+            )
+        out.append({key: record[key], "prompt": record["prompt"], "completion": record["completion"]})
+    return out
 
 
 def alignment_report(trainer: FirstTrainer) -> dict[str, float]:
@@ -212,31 +228,69 @@ def alignment_report(trainer: FirstTrainer) -> dict[str, float]:
     return {"distilled_tokens": distilled, "completion_tokens": completion, "distilled_share": share}
 
 
-def train_first(config: FirstConfig) -> FirstTrainer:
-    """Build, check the store fits the records, train, save the model/adapter and first_summary.json."""
-    trainer = build_first_trainer(config)
+def train_first(spec: TrainSpec) -> list[dict[str, Any]]:
+    """Check records, test set and store before loading the model; train; returns [the summary]."""
+    table = spec.first
+    if not spec.data.train:
+        raise spec.fail("data.train", "no training records given; list the prompt/completion JSONL files")
+    load_hook(spec.eval.hook)  # a typo in the hook name should fail now, not after training
+    records = read_sources(spec, spec.data.train, "data.train")
+    if spec.data.max_records:
+        records = records[: spec.data.max_records]
+    check_test_overlap(spec, records, id_field=table.key_field)
+    train, validation = split_validation(spec, records)
+    train, validation = (
+        first_examples(spec, train, "data.train"),
+        first_examples(spec, validation, "data.validation"),
+    )
+    out = Path(table.output_dir)
+    tokenizer = load_tokenizer(base_folder(spec))
+    args = trl_config(spec, "first", out)
+    reader, c = open_store(args, tokenizer, lambda key, message: spec.fail(f"first.{key}", message))
+    for source, examples in (("data.train", train), ("data.validation", validation)):
+        unscored = [e[table.key_field] for e in examples if e[table.key_field] not in reader]
+        if unscored:
+            raise spec.fail(
+                source,
+                f"{len(unscored)} record(s) have no teacher top-k in {reader.dir} (first: "
+                f"{table.key_field}={unscored[0]!r}); capture them first",
+            )
+    init = Path(table.init_adapter) if table.init_adapter else None
+    model, peft_config = load_for_training(spec, init, "first.init_adapter")
+    trainer = FirstTrainer(
+        model,
+        args,
+        train_dataset=Dataset.from_list(train),
+        eval_dataset=Dataset.from_list(validation) if validation else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
     report = alignment_report(trainer)
     if report["distilled_share"] < MIN_ALIGNED:
-        raise SpecError(
-            f"{config.store}: only {report['distilled_share']:.0%} of the completion tokens of "
-            f"{config.records} match the stored teacher tokens; score these records (same tokenizer and "
-            "chat template) first"
+        raise spec.fail(
+            "first.store",
+            f"only {report['distilled_share']:.0%} of the completion tokens of data.train match the stored "
+            "teacher tokens; capture these records (same tokenizer and chat template) first",
         )
     if report["distilled_share"] < 1:
         log.warning(
             "%s: %.1f%% of completion tokens have no teacher row",
-            config.store,
+            args.store,
             100 - 100 * report["distilled_share"],
         )
-    result = trainer.train()
-    trainer.save_model(config.output_dir)
-    summary = {
-        "config": asdict(config),
-        "c": trainer.first_loss.c,
-        "alignment": report,
-        "train": result.metrics,
-        "store_manifest": trainer.data_collator.reader.manifest,
-    }
-    if trainer.is_world_process_zero():
-        Path(config.output_dir, "first_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return trainer
+    summary = fit(
+        trainer,
+        out,
+        spec,
+        validation,
+        kind="first",
+        given=len(train),
+        base_model=str(base_folder(spec)),
+        init_adapter=table.init_adapter,
+        records={"train": len(train), "validation": len(validation)},
+        c=c,
+        tail_bucket=args.tail_bucket,
+        alignment=report,
+        store={"dir": args.store, "k": reader.k, "calibration": reader.manifest.get("calibration")},
+    )
+    return [summary]
