@@ -182,26 +182,29 @@ def build_trainer(kind: str, spec: dict):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from trainers.first.trainer import FirstConfig, LoraSettings, build_first_trainer
+    from trainers.first.trainer import FirstConfig, FirstTrainer
 
     sft = dict(spec["sft"], use_cpu=not torch.cuda.is_available(), report_to="none", save_strategy="no")
-    lora = LoraSettings(r=8, alpha=16, dropout=0.0) if spec["lora"] else None
+    if not torch.cuda.is_available():
+        sft["bf16"] = False
+    peft = (
+        LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
+        if spec["lora"]
+        else None
+    )
+    records = [orjson.loads(line) for line in Path(spec["records"]).read_bytes().splitlines()]
+    model = AutoModelForCausalLM.from_pretrained(spec["model"])
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     if kind == "sft":
-        records = [orjson.loads(line) for line in Path(spec["records"]).read_bytes().splitlines()]
         dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
-        peft = lora and LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=0.0, target_modules="all-linear"
-        )
-        return SFTTrainer(
-            model=AutoModelForCausalLM.from_pretrained(spec["model"]),
-            args=SFTConfig(output_dir=spec["out"], **sft),
-            train_dataset=dataset,
-            processing_class=AutoTokenizer.from_pretrained(spec["model"]),
-            peft_config=peft,
-        )
+        args = SFTConfig(output_dir=spec["out"], **sft)
+        return SFTTrainer(model, args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft)
     first = dict(c=spec["c"], tail_bucket=spec.get("tail", False), ce_weight=spec.get("ce", 0.0))
-    cfg = FirstConfig(spec["model"], spec["store"], spec["records"], spec["out"], lora=lora, sft=sft, **first)
-    return build_first_trainer(cfg)
+    args = FirstConfig(output_dir=spec["out"], store=spec["store"], **first, **sft)
+    dataset = Dataset.from_list(
+        [{"key": r["key"], "prompt": r["prompt"], "completion": r["completion"]} for r in records]
+    )
+    return FirstTrainer(model, args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft)
 
 
 def evaluate(trainer, spec: dict) -> dict:

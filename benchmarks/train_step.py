@@ -61,9 +61,13 @@ def bare_trl_trainer(spec, examples: list[dict], out: Path):
     from trl import SFTConfig, SFTTrainer
 
     from trainers.base_model import resolve_base_model
+    from trainers.sft import SftConfig
+    from trainers.spec import own_fields
 
-    folder = resolve_base_model(spec.resolve(spec.base_model) if spec.base_model else "")
-    args = SFTConfig(output_dir=str(out), **spec.trainer_args("sft"))
+    folder = resolve_base_model(spec.base_model)
+    ours = own_fields(SftConfig)  # mode, init_adapter: keys of ours TRL's SFTConfig does not take
+    trl_args = {k: v for k, v in spec.trainer_args("sft").items() if k not in ours}
+    args = SFTConfig(output_dir=str(out), **trl_args)
     return SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(folder),
         args=args,

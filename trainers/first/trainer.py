@@ -176,6 +176,12 @@ class FirstTrainer(SFTTrainer):
             self._metrics["train"]["first_kl"].append(kl.detach().sum().item() / n)
             if ce is not None:
                 self._metrics["train"]["first_ce"].append(ce.detach().sum().item() / n)
+            # input tokens seen, over every process, as SFTTrainer counts them (summary.json's tokens)
+            attention = inputs.get("attention_mask")
+            local = attention.sum() if attention is not None else torch.tensor(inputs["input_ids"].numel())
+            seen = self.accelerator.gather_for_metrics(local.to(self.accelerator.device)).sum().item()
+            self._total_train_tokens += seen // getattr(self, "_tp_size", 1)
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         elif self._eval_stats is not None:
             with torch.no_grad(), self.accelerator.autocast():
                 top1, confidence = student_top1(hidden, weight, bias, head, cfg.chunk_tokens)
