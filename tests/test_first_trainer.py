@@ -167,7 +167,7 @@ def test_records_without_teacher_rows_are_refused_before_the_model_loads(pair, t
     )
     spec = load_spec(first_spec(pair, tmp_path, c="none"), [f"data.train=['{records}']"], "first")
     with pytest.raises(
-        SpecError, match=r"--set data.train: 1 record\(s\) have no teacher top-k .*key='nope'"
+        SpecError, match=r"--set data.train=.*: data.train: 1 record\(s\) have no teacher top-k .*key='nope'"
     ):
         train_first(spec)
     assert not (tmp_path / "out").exists()

@@ -201,7 +201,6 @@ def test_a_max_length_that_leaves_no_example_stops_naming_the_key(tmp_path):
     spec = load_spec(write_spec(tmp_path, "[sft]\nmax_steps = 1\n" + FAST), ["max_length=100"])
     examples = Formatter.from_spec(spec).examples(records(), "joint")
     trainer = build_sft_trainer(spec, "joint", examples, [], tmp_path / "out")
-    with pytest.raises(
-        SpecError, match=r"--set sft.max_length: every training prompt is longer than max_length=100"
-    ):
+    expected = r"--set max_length=100: sft.max_length: every training prompt is longer than max_length=100"
+    with pytest.raises(SpecError, match=expected):
         check_lengths(spec, "sft", trainer, len(examples))
