@@ -24,40 +24,25 @@ def trl_config(spec: TrainSpec, method: str, out: Path) -> Any:
         raise spec.fail(method, first) from None
 
 
-def full_length(tokenizer: Any, row: dict[str, Any]) -> int:
-    """Tokens of prompt + the longest answer before truncation, as TRL renders them (chat template or not)."""
-
-    def tokens(prompt: Any, answer: Any) -> int:
-        if isinstance(prompt, list):
-            return len(
-                tokenizer.apply_chat_template(prompt + answer, tokenize=True, return_dict=True)["input_ids"]
-            )
-        return len(tokenizer(prompt + answer)["input_ids"])
-
-    if "chosen_ids" in row:  # DPO keeps the untruncated ids (its collator truncates)
-        return len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
-    return tokens(row["prompt"], row["completion"])
-
-
-def _prepared_lengths(dataset: Any) -> list[int]:
-    """Tokens per example after TRL's preparation (SFT truncates there; DPO's collator truncates later)."""
-    columns = dataset.column_names
-    if "chosen_ids" in columns:
-        return [
-            len(p) + max(len(c), len(r))
-            for p, c, r in zip(
-                dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True
-            )
-        ]
-    return [len(ids) for ids in dataset["input_ids"]]
+def full_length(tokenizer: Any, prompt: Any, completion: Any) -> int:
+    """Tokens of prompt + completion before truncation, as TRL renders them (chat template or plain)."""
+    if isinstance(prompt, list):
+        ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
+        return len(ids)
+    return len(tokenizer(prompt + completion)["input_ids"])
 
 
 def _cut(dataset: Any, given: int, limit: int, tokenizer: Any) -> dict[str, int]:
     """{examples, cut, dropped, longest}: examples whose answer max_length cuts (TRL drops those it cuts
-    entirely). A cut example sits at exactly `limit` tokens after SFT's preparation, so only those are
-    tokenised again to learn their full length."""
-    at_limit = [i for i, n in enumerate(_prepared_lengths(dataset)) if n >= limit]
-    lengths = [full_length(tokenizer, dataset[i]) for i in at_limit]
+    entirely). DPO keeps the untruncated ids (its collator truncates); SFT truncates while preparing, so
+    a cut example sits at exactly `limit` tokens and only those are tokenised again."""
+    if "chosen_ids" in dataset.column_names:
+        columns = zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True)
+        lengths = [n for p, c, r in columns if (n := len(p) + max(len(c), len(r))) >= limit]
+    else:
+        at_limit = [i for i, ids in enumerate(dataset["input_ids"]) if len(ids) >= limit]
+        rows = (dataset[i] for i in at_limit)
+        lengths = [full_length(tokenizer, row["prompt"], row["completion"]) for row in rows]
     dropped = given - len(dataset)
     return {
         "examples": given,
