@@ -30,8 +30,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.topk_store import TopKReader, TopKWriter  # noqa: E402
 from trainers.first.smallmodels import bundled_smollm2, tiny_student  # noqa: E402
+from trainers.first.topk_store import TopKReader, TopKWriter  # noqa: E402
 
 SEED_TASKS = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "self-instruct-seed" / "seed_tasks.jsonl"

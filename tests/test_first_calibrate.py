@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from engine.errors import SpecError
-from engine.topk_store import TopKWriter
 from trainers.first.calibrate import (
     COARSE_GRID,
     calibrate_store,
@@ -22,6 +21,7 @@ from trainers.first.calibrate import (
     validation_keys,
 )
 from trainers.first.cli import main
+from trainers.first.topk_store import TopKWriter
 
 
 def test_ece_matches_a_hand_computed_example():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.topk_store import TopKReader, TopKWriter
 from trainers.first.collator import FirstCollator, align_example
+from trainers.first.topk_store import TopKReader, TopKWriter
 
 PROMPT = [11, 12, 13]
 COMPLETION = [21, 22, 23, 24]

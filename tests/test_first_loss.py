@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.topk_store import TopKReader, TopKWriter
 from trainers.first.head import HeadTransform, student_scores, student_top1
 from trainers.first.loss import first_token_loss
+from trainers.first.topk_store import TopKReader, TopKWriter
 
 
 def lm_head_case(n=9, hidden=6, vocab=11, seed=0):

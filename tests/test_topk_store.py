@@ -11,7 +11,8 @@ from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
 from engine.errors import SpecError
-from engine.topk_store import (
+from engine.types import TokenTopK
+from trainers.first.topk_store import (
     CLAMP_NATS,
     PACKED_BOUND_NATS,
     TopKReader,
@@ -20,7 +21,6 @@ from engine.topk_store import (
     check_compatible,
     vocab_hash,
 )
-from engine.types import TokenTopK
 
 K = 5
 

@@ -1,5 +1,5 @@
 """FIRST (arXiv 2408.12168): distil a teacher's calibrated top-k next-token distributions into a student
-that shares its tokenizer. Storage lives in engine/topk_store.py; see docs/first.md.
+that shares its tokenizer. Storage lives in trainers/first/topk_store.py; see docs/first.md.
 
 Public names load lazily, so `trainers.first.cli` does not pull in torch/TRL for `--help`."""
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from engine.errors import SpecError
-from engine.topk_store import TopKReader, update_manifest
+from trainers.first.topk_store import TopKReader, update_manifest
 
 COARSE_GRID = tuple(round(0.1 * i, 2) for i in range(1, 11))
 FINE_STEP = 0.02  # then 0.02 steps within 0.1 of the best coarse c

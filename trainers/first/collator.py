@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from engine.topk_store import TopKReader
+from trainers.first.topk_store import TopKReader
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from trl.data_utils import common_prefix_length
 
-from engine.topk_store import TopKWriter, vocab_hash
+from trainers.first.topk_store import TopKWriter, vocab_hash
 
 
 def prompt_completion_ids(tokenizer: Any, prompt: Any, completion: Any) -> tuple[list[int], list[int]]:

@@ -20,7 +20,6 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from engine.errors import SpecError
-from engine.topk_store import TopKReader, check_compatible
 from trainers.checkpoints import load_hook
 from trainers.data import read_sources, split_validation
 from trainers.first.calibrate import resolve_c
@@ -28,6 +27,7 @@ from trainers.first.collator import FirstCollator
 from trainers.first.head import HeadTransform, student_scores, student_top1
 from trainers.first.loss import first_token_loss
 from trainers.first.metrics import NextTokenStats
+from trainers.first.topk_store import TopKReader, check_compatible
 from trainers.fit import fit, trl_config
 from trainers.guard import check_test_overlap
 from trainers.modeling import base_folder, load_for_training, load_tokenizer
