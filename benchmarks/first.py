@@ -41,7 +41,7 @@ K = 5
 
 
 def load_records(limit: int, max_tokens: int, tokenizer) -> list[dict]:
-    from trainers.first.teacher import prompt_completion_ids
+    from trainers.first.tokens import prompt_completion_ids
 
     if SEED_TASKS.exists():
         records = []
@@ -212,7 +212,7 @@ def evaluate(trainer, spec: dict) -> dict:
 
     from trainers.first.collator import FirstCollator
     from trainers.first.metrics import next_token_metrics
-    from trainers.first.teacher import tokenise_records
+    from trainers.first.tokens import tokenise_records
 
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     held_out = [orjson.loads(line) for line in Path(spec["held_out"]).read_bytes().splitlines()]

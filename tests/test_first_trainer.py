@@ -26,7 +26,8 @@ from trainers.first.calibrate import calibrate_store
 from trainers.first.collator import FirstCollator
 from trainers.first.metrics import next_token_metrics
 from trainers.first.smallmodels import bundled_smollm2, tiny_student
-from trainers.first.teacher import tokenise_records, write_teacher_store
+from trainers.first.teacher import write_teacher_store
+from trainers.first.tokens import tokenise_records
 from trainers.first.topk_store import PACKED_BOUND_NATS, TopKReader, TopKWriter, vocab_hash
 from trainers.first.trainer import FirstConfig, FirstTrainer, train_first
 from trainers.spec import load_spec

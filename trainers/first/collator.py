@@ -6,10 +6,15 @@ tokenised example; over their common prefix, the teacher row for token p is plac
 (the student output that predicts token p). `labels` keep only those tokens (-100 elsewhere), so the
 trainer's token count (num_items_in_batch) is the number of distilled tokens. Completion tokens past the
 first mismatch (a different tokenisation, a truncated teacher record) are not distilled and are counted.
+
+Prompt check: when the store recorded a digest of the prompt ids the teacher saw, an example whose prompt
+ids differ (another chat template, system prompt or tokenizer) is not distilled at all, counted in
+`prompt_mismatches` and reported once in the log: its teacher rows were computed for another context.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +22,9 @@ import numpy as np
 import torch
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from trainers.first.topk_store import TopKReader
+from trainers.first.topk_store import TopKReader, prompt_digest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,6 +34,7 @@ class Alignment:
     logprobs: np.ndarray  # [L, k]: -inf where absent
     distilled: int
     completion: int
+    prompt_mismatch: bool = False
 
 
 def align_example(
@@ -35,8 +43,10 @@ def align_example(
     record: tuple[np.ndarray, np.ndarray, np.ndarray],
     k: int | None = None,
     vocab_size: int | None = None,
+    prompt: str | None = None,
 ) -> Alignment:
-    """Place a stored record's rows on a tokenised example (see the module docstring)."""
+    """Place a stored record's rows on a tokenised example (see the module docstring); `prompt` is the
+    stored digest of the teacher's prompt ids (None: not checked)."""
     tokens, ids, lps = record
     if k is not None and k < ids.shape[1]:  # keep the best k entries
         best = np.argsort(-lps, axis=1, kind="stable")[:, :k]
@@ -54,6 +64,9 @@ def align_example(
     if not len(positions):
         return out
     start = int(positions[0])
+    if prompt is not None and prompt_digest(input_ids[:start]) != prompt:
+        out.prompt_mismatch = True
+        return out
     completion, scored = input_ids[start:], tokens[1:]
     n = min(len(completion), len(scored))
     mismatch = np.flatnonzero(completion[:n] != scored[:n])
@@ -80,6 +93,7 @@ class FirstCollator:
     pad_to_multiple_of: int | None = None
     distilled: int = field(default=0, init=False)  # running counts, for the alignment report
     completion: int = field(default=0, init=False)
+    prompt_mismatches: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self._pad = DataCollatorForLanguageModeling(
@@ -106,7 +120,23 @@ class FirstCollator:
         key = example[self.key_field]
         if key not in self.reader:
             raise KeyError(f"record {key!r} has no teacher top-k in {self.reader.dir}; score it first")
-        a = align_example(example["input_ids"], example["labels"], self.reader[key], self.k, self.vocab_size)
+        a = align_example(
+            example["input_ids"],
+            example["labels"],
+            self.reader[key],
+            self.k,
+            self.vocab_size,
+            self.reader.prompt_digest(key),
+        )
         self.distilled += a.distilled
         self.completion += a.completion
+        if a.prompt_mismatch:
+            if not self.prompt_mismatches:
+                log.warning(
+                    "%s: record %r: its prompt ids differ from those the teacher was given (another chat "
+                    "template, system prompt or tokenizer); such examples are not distilled",
+                    self.reader.dir,
+                    key,
+                )
+            self.prompt_mismatches += 1
         return a

@@ -1,5 +1,6 @@
 """Teacher-forced top-k scoring with a local transformers model: the FIRST targets of prompt/completion
-records, tokenised exactly as TRL's SFTTrainer tokenises them, written into a top-k store."""
+records, tokenised by trainers/first/tokens.py (as TRL's SFTTrainer does), written into a top-k store.
+A served teacher fills the same store through the engine's `topk_capture` stage instead."""
 
 from __future__ import annotations
 
@@ -8,40 +9,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from trl.data_utils import common_prefix_length
 
+from trainers.first.tokens import prompt_completion_ids
 from trainers.first.topk_store import TopKWriter, vocab_hash
-
-
-def prompt_completion_ids(tokenizer: Any, prompt: Any, completion: Any) -> tuple[list[int], list[int]]:
-    """(prompt ids, completion ids) as TRL renders a prompt/completion record (chat template or plain)."""
-    if isinstance(prompt, list):
-
-        def render(messages: list, **kw: Any) -> list[int]:
-            return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kw)["input_ids"]
-
-        prompt_ids = render(prompt, add_generation_prompt=True)
-        full = render(prompt + completion)
-    else:
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        full = tokenizer(prompt + completion)["input_ids"]
-    start = common_prefix_length(prompt_ids, full)
-    return full[:start], full[start:]
-
-
-def tokenise_records(tokenizer: Any, records: Iterable[dict], key_field: str = "key") -> list[dict]:
-    """{key, input_ids, labels} per record, completion-only labels as SFTTrainer builds them (untruncated)."""
-    out = []
-    for record in records:
-        prompt, completion = prompt_completion_ids(tokenizer, record["prompt"], record["completion"])
-        out.append(
-            {
-                key_field: record[key_field],
-                "input_ids": prompt + completion,
-                "labels": [-100] * len(prompt) + completion,
-            }
-        )
-    return out
 
 
 @torch.no_grad()
@@ -91,7 +61,8 @@ def write_teacher_store(
         for b in range(0, len(todo), batch_size):
             chunk = todo[b : b + batch_size]
             seqs = [prompt_completion_ids(tokenizer, r["prompt"], r["completion"]) for r in chunk]
-            for record, (tokens, ids, lps) in zip(chunk, score_topk(model, seqs, k, batch_size), strict=True):
-                writer.append(record[key_field], tokens, ids, lps)
+            scored = score_topk(model, seqs, k, batch_size)
+            for record, (prompt, _), (tokens, ids, lps) in zip(chunk, seqs, scored, strict=True):
+                writer.append(record[key_field], tokens, ids, lps, prompt_ids=prompt)
                 written += 1
     return written

@@ -9,16 +9,21 @@ Alignment of a record (key -> token_ids[T+1], ids[T, k], logprobs[T, k]):
   token_ids[1..j]: the causal-LM logits layout, where the output at position j predicts token j + 1.
   Entries are best first; an absent entry (fewer than k returned) has logprob -inf.
 
-Encodings (bytes per scored token at k=5, plus the index: ~0.2 at 300-token records and 32-char keys):
+Encodings (bytes per scored token at k=5, plus the index: ~0.3 at 300-token records and 32-char keys):
   raw:    token id (uint16 if vocab <= 65536 else uint32) + k int32 ids + k float16 logprobs: 32 / 34 bytes;
           round-trips bit for bit what was written (log-probs are stored as float16).
-  packed: token id and k ids at ceil(log2 vocab) bits each, the top-1 log-prob as a 12-bit code (step
-          2^-8 nats) and the other k-1 as 9-bit gaps below the decoded top-1 (step 2^-5 nats), rows
-          bit-concatenated per record: 18 bytes at a 49k vocabulary, 19.5 at 152k. Rows are sorted best
-          first on write. Bound (PACKED_BOUND_NATS): |decoded - true| <= 2^-6 nats (0.0156, plus 1e-6
-          of float32 rounding) for every entry within CLAMP_NATS (15.94) of the row's top (the top-1
-          itself: 2^-9); an entry further below decodes at about top - 15.94 (probability at most 1.2e-7
-          of the top-1's, never below the true one); -inf round-trips exactly.
+  packed: token id and k ids at ceil(log2 vocab) bits each, the top-1 as a 13-bit code of its logit
+          log(p1 / (1 - p1)) (step 2^-8, within +-16) and the other k-1 as 9-bit gaps below the decoded
+          top-1 (step 2^-5 nats), rows bit-concatenated per record: 18.1 bytes at a 49k vocabulary, 19.6 at
+          152k. Rows are sorted best first on write. Bound (PACKED_BOUND_NATS): |decoded - true| <= 2^-6
+          nats (0.0156, plus 1e-6 of float32 rounding) for every entry within CLAMP_NATS (15.94) of the row's
+          top. The top-1's own log-prob is within 2^-9 (1 - p1) and log(1 - p1), the mass outside it that the
+          tail bucket needs, within 2^-9 p1: precise on confident rows too. An entry further below the top
+          decodes at about top - 15.94 (probability at most 1.2e-7 of the top-1's, never below the true one);
+          a top-1 logit beyond +-16 (p1 < 1.1e-7 or 1 - p1 < 1.1e-7) is clamped there; -inf round-trips.
+
+Each index line may carry `prompt`, a digest of the record's full prompt ids (prompt_digest), so a trainer
+can refuse an example whose prompt differs from the one the teacher saw.
 
 Crash safety: a record's rows are written and flushed before its index line, so a record is visible only
 once complete; a torn index line or data bytes past the last indexed record are a torn tail, dropped by
@@ -40,9 +45,10 @@ import orjson
 from engine.errors import SpecError
 from engine.types import TokenTopK
 
-FORMAT = "topk-shards/1"
+FORMAT = "topk-shards/2"  # /1 coded the top-1 log-prob itself: imprecise where p1 is near 1
 MANIFEST = "manifest.json"
-TOP_BITS, TOP_STEP = 12, 2.0**-8  # top-1 log-prob = -code * step, code < TOP_NONE
+TOP_BITS, TOP_STEP = 13, 2.0**-8  # top-1 logit = TOP_LOGIT_MAX - code * step, code < TOP_NONE
+TOP_LOGIT_MAX = 16.0
 GAP_BITS, GAP_STEP = 9, 2.0**-5  # others = decoded top-1 - code * step, code < GAP_NONE
 TOP_NONE, GAP_NONE = (1 << TOP_BITS) - 1, (1 << GAP_BITS) - 1  # the all-ones code means -inf (absent)
 PACKED_BOUND_NATS = (
@@ -65,6 +71,11 @@ def vocab_hash(tokenizer: Any) -> str:
     """Stable hash of a tokenizer's token -> id mapping (added tokens included)."""
     pairs = sorted(((int(i), str(t)) for t, i in tokenizer.get_vocab().items()))
     return "sha256:" + hashlib.sha256(orjson.dumps(pairs)).hexdigest()
+
+
+def prompt_digest(prompt_ids: Sequence[int]) -> str:
+    """A short, stable digest of a record's full prompt ids (int32 little-endian, sha256)."""
+    return hashlib.sha256(np.asarray(prompt_ids, dtype="<i4").tobytes()).hexdigest()[:16]
 
 
 def check_compatible(teacher_hash: str, student_tokenizer: Any) -> None:
@@ -121,9 +132,11 @@ class _Codec:
             return rows.tobytes()
         order = np.argsort(-lps, axis=1, kind="stable")  # best first: gaps below the top are >= 0
         ids, lps = np.take_along_axis(ids, order, 1), np.take_along_axis(lps, order, 1)
-        top = lps[:, 0]
-        top_code = np.where(np.isinf(top), TOP_NONE, np.clip(np.rint(-top / TOP_STEP), 0, TOP_NONE - 1))
-        gap = (top_code * -TOP_STEP)[:, None] - lps[:, 1:]  # below the decoded top: errors do not add up
+        top = lps[:, 0].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):  # -inf (absent) and 0 (p1 = 1) are coded apart
+            code = np.clip(np.rint((TOP_LOGIT_MAX - _logit(top)) / TOP_STEP), 0, TOP_NONE - 1)
+        top_code = np.where(np.isinf(top), TOP_NONE, np.where(top >= 0, 0, code))
+        gap = _top_logprob(top_code)[:, None] - lps[:, 1:]  # below the decoded top: errors do not add up
         gap_code = np.where(np.isinf(gap), GAP_NONE, np.clip(np.rint(gap / GAP_STEP), 0, GAP_NONE - 1))
         fields = [(np.column_stack([tokens, ids]), self.id_bits), (top_code[:, None], TOP_BITS)]
         bits = [_to_bits(v.astype(np.uint64), w) for v, w in [*fields, (gap_code, GAP_BITS)]]
@@ -138,9 +151,22 @@ class _Codec:
         all_ids = _from_bits(bits[:, : (k + 1) * w].reshape(n, k + 1, w)).astype(np.int32)
         top_code = _from_bits(bits[:, (k + 1) * w : (k + 1) * w + TOP_BITS])
         gap_code = _from_bits(bits[:, (k + 1) * w + TOP_BITS :].reshape(n, k - 1, GAP_BITS))
-        top = np.where(top_code == TOP_NONE, -np.inf, top_code * -TOP_STEP)
+        top = _top_logprob(top_code)
         rest = np.where(gap_code == GAP_NONE, -np.inf, top[:, None] - gap_code * GAP_STEP)
         return all_ids[:, 0], all_ids[:, 1:], np.column_stack([top, rest]).astype(np.float32)
+
+
+def _logit(logprob: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) from log p, accurate near p = 1 (log1mexp) and for tiny p alike."""
+    complement = np.where(logprob > -np.log(2), np.log(-np.expm1(logprob)), np.log1p(-np.exp(logprob)))
+    return logprob - complement
+
+
+def _top_logprob(code: np.ndarray) -> np.ndarray:
+    """The top-1 log-prob a code stands for: -softplus(-logit), computed without overflow."""
+    logit = TOP_LOGIT_MAX - code.astype(np.float64) * TOP_STEP
+    out = np.minimum(logit, 0) - np.log1p(np.exp(-np.abs(logit)))
+    return np.where(code == TOP_NONE, -np.inf, out)
 
 
 def _to_bits(values: np.ndarray, width: int) -> np.ndarray:
@@ -177,7 +203,10 @@ def _load_manifest(directory: Path) -> dict:
         raise SpecError(f"{directory}: no {MANIFEST}; not a top-k store (write one with TopKWriter)")
     manifest = orjson.loads(path.read_bytes())
     if manifest.get("format") != FORMAT:
-        raise SpecError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        raise SpecError(
+            f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}; this store was written by "
+            "another version of the engine: capture the teacher's top-k again into a new folder"
+        )
     return manifest
 
 
@@ -239,10 +268,19 @@ class TopKWriter:
         self._bin.truncate(end)
         self._offset = end
 
-    def __contains__(self, key: str) -> bool:
-        return key in self.keys
+    def __contains__(self, key: object) -> bool:
+        return str(key) in self.keys
 
-    def append(self, key: str, token_ids: Any, topk_ids: Any, topk_logprobs: Any) -> None:
+    def append(
+        self,
+        key: str,
+        token_ids: Any,
+        topk_ids: Any,
+        topk_logprobs: Any,
+        prompt_ids: Sequence[int] | None = None,
+    ) -> None:
+        """Write one record; `prompt_ids` (the full prompt the teacher saw) are kept as a digest."""
+        key = str(key)
         tokens = np.asarray(token_ids, dtype=np.int64)
         ids, lps = np.asarray(topk_ids, dtype=np.int64), np.asarray(topk_logprobs, dtype=np.float32)
         self._validate(key, tokens, ids, lps)
@@ -251,6 +289,8 @@ class TopKWriter:
         if self.fsync:
             os.fsync(self._bin.fileno())
         entry = {"key": key, "offset": self._offset, "rows": len(ids), "ctx": int(tokens[0])}
+        if prompt_ids is not None:
+            entry["prompt"] = prompt_digest(prompt_ids)
         self._idx.write(orjson.dumps(entry) + b"\n")
         self._idx.flush()
         if self.fsync:
@@ -295,7 +335,7 @@ class TopKReader:
         self.codec = _Codec(m["k"], m["vocab_size"], m["encoding"] == "packed")
         self.k, self.vocab_size, self.vocab_hash = m["k"], m["vocab_size"], m["vocab_hash"]
         self._maps: list[np.ndarray | None] = []
-        self._index: dict[str, tuple[int, int, int, int]] = {}
+        self._index: dict[str, tuple[int, int, int, int, str | None]] = {}
         for shard, idx_path in enumerate(sorted(self.dir.glob("shard-*.idx"))):
             entries, _ = _read_index(idx_path)
             bin_path = idx_path.with_suffix(".bin")
@@ -306,19 +346,20 @@ class TopKReader:
                     raise SpecError(f"{idx_path}: key {e['key']!r} also stored in another shard")
                 if e["offset"] + self.codec.nbytes(e["rows"]) > size:
                     raise SpecError(f"{bin_path}: record {e['key']!r} runs past the end (damaged shard)")
-                self._index[e["key"]] = (shard, e["offset"], e["rows"], e["ctx"])
+                self._index[e["key"]] = (shard, e["offset"], e["rows"], e["ctx"], e.get("prompt"))
 
-    def __getitem__(self, key: str) -> Record:
+    def __getitem__(self, key: object) -> Record:
+        key = str(key)  # stores are keyed by str(record id)
         try:
-            shard, offset, rows, ctx = self._index[key]
+            shard, offset, rows, ctx, _ = self._index[key]
         except KeyError:
             raise KeyError(f"{self.dir}: no record {key!r}") from None
         view = self._maps[shard][offset : offset + self.codec.nbytes(rows)] if rows else np.empty(0, np.uint8)
         tokens, ids, lps = self.codec.decode(view, rows)
         return np.concatenate([[ctx], tokens]).astype(np.int32), ids, lps
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._index
+    def __contains__(self, key: object) -> bool:
+        return str(key) in self._index
 
     def __len__(self) -> int:
         return len(self._index)
@@ -329,8 +370,12 @@ class TopKReader:
     def keys(self) -> list[str]:
         return list(self._index)
 
-    def rows(self, key: str) -> int:
-        return self._index[key][2]
+    def rows(self, key: object) -> int:
+        return self._index[str(key)][2]
+
+    def prompt_digest(self, key: object) -> str | None:
+        """The digest of the prompt ids the teacher saw for this record (None: not recorded)."""
+        return self._index[str(key)][4]
 
     def __getstate__(self) -> dict:  # dataloader workers reopen the maps instead of pickling them
         return {"dir": self.dir}

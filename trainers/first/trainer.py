@@ -27,6 +27,7 @@ from trainers.first.collator import FirstCollator
 from trainers.first.head import HeadTransform, student_scores, student_top1
 from trainers.first.loss import first_token_loss
 from trainers.first.metrics import NextTokenStats
+from trainers.first.tokens import tokenise_records
 from trainers.first.topk_store import TopKReader, check_compatible
 from trainers.fit import fit, trl_config
 from trainers.guard import check_test_overlap
@@ -222,16 +223,30 @@ def first_examples(spec: TrainSpec, records: list[dict], source: str) -> list[di
     return out
 
 
+def first_dataset(tokenizer: Any, examples: list[dict], key_field: str) -> Dataset:
+    """The examples tokenised here, with the function the teacher's capture used (trainers/first/tokens.py),
+    so the student trains on exactly the ids the teacher scored; SFTTrainer keeps such rows as they are (it
+    only truncates them to max_length). prompt / completion stay for fit's max_length count."""
+    rows = tokenise_records(tokenizer, examples, key_field)
+    return Dataset.from_list([{**e, **row} for e, row in zip(examples, rows, strict=True)])
+
+
 def alignment_report(trainer: FirstTrainer) -> dict[str, float]:
     """Share of completion tokens that get a teacher row, over the prepared training set."""
     collator: FirstCollator = trainer.data_collator
-    distilled = completion = 0
+    distilled = completion = mismatched = 0
     for example in trainer.train_dataset:
         a = collator.align(example)
         distilled, completion = distilled + a.distilled, completion + a.completion
-    collator.distilled = collator.completion = 0
+        mismatched += a.prompt_mismatch
+    collator.distilled = collator.completion = collator.prompt_mismatches = 0
     share = distilled / max(completion, 1)
-    return {"distilled_tokens": distilled, "completion_tokens": completion, "distilled_share": share}
+    return {
+        "distilled_tokens": distilled,
+        "completion_tokens": completion,
+        "distilled_share": share,
+        "prompt_mismatches": mismatched,  # examples whose prompt ids differ from the teacher's
+    }
 
 
 def train_first(spec: TrainSpec) -> list[dict[str, Any]]:
@@ -266,8 +281,8 @@ def train_first(spec: TrainSpec) -> list[dict[str, Any]]:
     trainer = FirstTrainer(
         model,
         args,
-        train_dataset=Dataset.from_list(train),
-        eval_dataset=Dataset.from_list(validation) if validation else None,
+        train_dataset=first_dataset(tokenizer, train, table.key_field),
+        eval_dataset=first_dataset(tokenizer, validation, table.key_field) if validation else None,
         processing_class=tokenizer,
         peft_config=peft_config,
     )
@@ -276,7 +291,8 @@ def train_first(spec: TrainSpec) -> list[dict[str, Any]]:
         raise spec.fail(
             "first.store",
             f"only {report['distilled_share']:.0%} of the completion tokens of data.train match the stored "
-            "teacher tokens; capture these records (same tokenizer and chat template) first",
+            f"teacher tokens ({report['prompt_mismatches']} examples with other prompt ids than the teacher "
+            "saw); capture these records (same tokenizer and chat template) first",
         )
     if report["distilled_share"] < 1:
         log.warning(
