@@ -6,6 +6,7 @@ circuit breaker, with running stats (requests, 429s, retries, tokens, cost, curr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -67,8 +68,8 @@ class LLMClient:
         Raises Fatal (not retried; `stop_run` when every record would fail the same way),
         ProviderError once retries are exhausted, RunStopped when the circuit breaker trips."""
         config = self.provider.config
-        merged = ChatRequest(
-            messages=request.messages,
+        merged = dataclasses.replace(  # every other field (prompt_ids) as the generator set it
+            request,
             params={**config.params, **request.params},
             extra_body={**config.extra_body, **request.extra_body},
         )

@@ -195,6 +195,8 @@ class Pipeline:
         try:
             self.progress.start(stage.name, self._expected(stage, gen))
             ticker = asyncio.create_task(self._tick()) if self.progress.enabled else None
+            if self.mode == "run":  # after every input record was checked: a bad one opens nothing
+                gen.open_outputs(stage_dir, self.shard[0])
             inputs = self._inputs(stage)
             for round_no, items in enumerate(gen.rounds(inputs)):
                 commit = RoundCommit(
@@ -255,6 +257,8 @@ class Pipeline:
             if ticker is not None:
                 ticker.cancel()
             journal.close()
+            if self.mode == "run":
+                gen.close_outputs()
             self.progress.stop()
         report.seconds = time.monotonic() - started
         self._log_stage(report)

@@ -13,12 +13,14 @@ class TokenTopK:
     """One generated (or scored) position: the chosen token and the teacher's top-k, best first.
 
     `token` / `top` entries are token ids when the provider returns them (vLLM with
-    `return_tokens_as_token_ids`, the local provider), else token strings.
+    `return_tokens_as_token_ids` or prompt log-probs, the local provider), else token strings. `text` is
+    the chosen token as the server decoded it, when it says (vLLM's `decoded_token`).
     """
 
     token: int | str
     logprob: float
     top: list[tuple[int | str, float]]
+    text: str | None = None
 
 
 @dataclass
@@ -35,11 +37,17 @@ class Usage:
 class ChatRequest:
     """What a generator asks of a provider. `params` are OpenAI chat parameters
     (temperature, max_tokens, top_p, seed, stop, response_format, logprobs, top_logprobs);
-    `extra_body` is passed through untouched (vLLM's top_k, guided_json, ...)."""
+    `extra_body` is passed through untouched (vLLM's top_k, guided_json, ...).
+
+    With `prompt_ids` (and no messages) it is a teacher-forcing request instead: score these token ids
+    as they are, with `params = {"prompt_logprobs": k}`; the answer's `prompt_logprobs` holds the top-k at
+    every position. Providers that can (openai against vLLM's completions API, local) say so in
+    docs/providers.md; the others refuse it."""
 
     messages: list[dict[str, str]]
     params: dict[str, Any] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
+    prompt_ids: list[int] | None = None
 
 
 @dataclass
@@ -51,6 +59,9 @@ class Completion:
     latency_s: float = 0.0
     logprobs: list[TokenTopK] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # one entry per prompt id of a `prompt_ids` request: None for the first, then the distribution over
+    # prompt_ids[t] given prompt_ids[:t] (top-k best first, plus the actual token when it ranks lower)
+    prompt_logprobs: list[TokenTopK | None] | None = None
 
 
 @dataclass

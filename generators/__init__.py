@@ -9,6 +9,7 @@ from generators.base import REGISTRY, Generator
 # name -> module that registers it; imported lazily so `engine status` never loads torch.
 BUILTIN = {
     "template": "generators.template",
+    "topk_capture": "generators.topk_capture",
     "diagnose": "generators.medical.diagnose",
     "two_stage": "generators.medical.two_stage",
     "label_diseases": "generators.medical.label_diseases",

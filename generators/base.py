@@ -4,7 +4,8 @@ A generator is a stage type. The pipeline calls `rounds()` to get work (one roun
 generators; self-instruct uses several so later prompts see earlier accepted records), runs
 `generate()` for each item through `llm` (a provider behind the limiter and retries), and calls
 `accept()` with each round's kept records. `generate()` raises BadOutput for an unusable answer;
-the pipeline re-samples within the stage's budget, then records the item as rejected.
+the pipeline re-samples within the stage's budget, then records the item as rejected. A generator with
+a side output (the top-k capture's store) opens it in `open_outputs()` and closes it in `close_outputs()`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ class Generator:
     def rounds(self, records: Iterable[Record]) -> Iterator[Iterable[WorkItem]]:
         """Default: one round over every input record, streamed."""
         yield (item for record in records for item in self.work(record))
+
+    def open_outputs(self, stage_dir: Path, shard: int) -> None:
+        """Before `engine run` works on this stage (never in status or replay): open the stage's own side
+        outputs next to its journal, one per shard (`shard` is this process's --shard index)."""
+
+    def close_outputs(self) -> None:
+        """After the stage ran, also after an error or a stop; must not fail when nothing was opened."""
 
     def accept(self, kept: list[Record]) -> None:
         """Called after each round with the records the filter chain kept, in commit order."""

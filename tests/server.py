@@ -5,6 +5,10 @@ and subprocesses can all talk to it. Behaviour (latency, 429/5xx, hangs, malform
 limits, API key, models, scripted answers, trickled or huge bodies) can be changed while it runs;
 everything it receives is counted so tests can assert exactly.
 Standalone: `python -m tests.server --port 8011 --latency 0.05`.
+
+Teacher forcing as vLLM serves it: with `scorer = ModelScorer(model_dir)` (a real transformers model), a
+`/v1/completions` request with token ids as `prompt` and `prompt_logprobs = k` gets vLLM's
+`choices[0].prompt_logprobs`; without a scorer the field is left out, as a hosted API would.
 """
 
 from __future__ import annotations
@@ -64,6 +68,42 @@ class Behaviour:
     trickle_bps: float | None = None  # send answer bodies at this many bytes per second (slowloris)
     pad_bytes: int = 0  # pad every answer so its body is at least this many bytes (huge bodies)
     chunked: bool = False  # send answer bodies chunked, without Content-Length
+    scorer: Callable[[list[int], int], list[Any]] | None = None  # (ids, k) -> vLLM prompt_logprobs
+    max_logprobs: int = 20  # vLLM's --max-logprobs: a larger prompt_logprobs is a 400
+
+
+class ModelScorer:
+    """vLLM-shaped `prompt_logprobs` from a real causal LM: entry 0 is None; entry t maps str(token id) ->
+    {logprob, rank, decoded_token} for the top-k by rank, with the actual token ids[t] first (and extra
+    when it ranks below k), as vLLM returns them. One forward pass per request, one request at a time."""
+
+    def __init__(self, model_dir: Any):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self._lock = threading.Lock()
+
+    def __call__(self, ids: list[int], k: int) -> list[Any]:
+        import torch
+
+        with self._lock, torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+            logprobs = torch.log_softmax(logits, -1)
+            top = logprobs.topk(k, -1)
+            target = torch.tensor(ids[1:])
+            actual = logprobs.gather(1, target[:, None])[:, 0]
+            ranks = (logprobs > actual[:, None]).sum(-1) + 1
+        rows: list[Any] = [None]
+        for t, token in enumerate(ids[1:]):
+            entry = {str(token): self._entry(token, actual[t].item(), int(ranks[t]))}
+            for rank, (i, lp) in enumerate(zip(top.indices[t].tolist(), top.values[t].tolist(), strict=True)):
+                entry.setdefault(str(i), self._entry(i, lp, rank + 1))
+            rows.append(entry)
+        return rows
+
+    def _entry(self, token: int, logprob: float, rank: int) -> dict[str, Any]:
+        return {"logprob": logprob, "rank": rank, "decoded_token": self.tokenizer.decode([token])}
 
 
 def last_user_text(body: dict[str, Any]) -> str:
@@ -250,6 +290,15 @@ class FakeServer:
         while b.hold is not None and b.hold in _prompt_text(body):
             await asyncio.sleep(0.01)
         payload = self._payload(body, text, finish, prompt_tokens, completion_tokens)
+        if body.get("prompt_logprobs") is not None and "messages" not in body:
+            k, ids = int(body["prompt_logprobs"]), body.get("prompt")
+            if k > b.max_logprobs:
+                msg = f"Requested prompt logprobs of {k}, which is greater than max allowed: {b.max_logprobs}"
+                return _error(400, msg, "BadRequestError", None)
+            if b.scorer is not None and isinstance(ids, list):
+                rows = await asyncio.get_running_loop().run_in_executor(None, b.scorer, ids, k)
+                payload["choices"][0]["prompt_logprobs"] = rows
+                payload["usage"]["prompt_tokens"] = len(ids)
         with self._lock:
             self.served_tokens.append((time.monotonic(), prompt_tokens + completion_tokens))
         if b.trickle_bps or b.chunked:
@@ -424,6 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--trickle", type=float, default=None, help="send answer bodies at this many bytes/s")
     p.add_argument("--pad-bytes", type=int, default=0, help="pad answers to bodies of at least this size")
     p.add_argument("--chunked", action="store_true", help="send answers chunked, without Content-Length")
+    p.add_argument("--score-model", default=None, help="a transformers model folder: serve prompt_logprobs")
     a = p.parse_args(argv)
     serve(
         a.port,
@@ -438,6 +488,7 @@ def main(argv: list[str] | None = None) -> None:
         trickle_bps=a.trickle,
         pad_bytes=a.pad_bytes,
         chunked=a.chunked,
+        scorer=ModelScorer(a.score_model) if a.score_model else None,
     )
 
 

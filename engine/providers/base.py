@@ -48,6 +48,7 @@ class Provider:
         self.cache_dir = cache_dir
 
     async def complete(self, request: ChatRequest) -> Completion:
+        """One answer; a `prompt_ids` request (teacher forcing) only where the kind supports it."""
         raise NotImplementedError
 
     async def preflight(self) -> Completion | None:
@@ -56,6 +57,8 @@ class Provider:
 
     def estimate_tokens(self, request: ChatRequest) -> int:
         """Prompt tokens plus the max_tokens asked for, before the call (reconciled afterwards)."""
+        if request.prompt_ids is not None:  # teacher forcing: the ids are the prompt, one token comes back
+            return len(request.prompt_ids) + 1
         chars = sum(len(m.get("content") or "") for m in request.messages)
         ratio = self.config.chars_per_token or 1.5  # CJK-heavy text runs ~1-1.5 chars per token
         max_tokens = request.params.get("max_tokens") or self.config.params.get("max_tokens") or 256

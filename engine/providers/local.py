@@ -1,6 +1,7 @@
 """The embedded `local` provider: a transformers causal LM run in-process (default: the bundled
 SmolLM2-135M-Instruct GGUF, converted once and cached), with the openai provider's request and
-response shape, JSON-schema constrained decoding and teacher-forced top-k scoring.
+response shape, JSON-schema constrained decoding and teacher-forced top-k scoring (`score()`, and a
+ChatRequest with `prompt_ids`, answered like vLLM's `prompt_logprobs`).
 
 All model work happens on one worker thread (local_worker.py), so the event loop never blocks:
 concurrent complete() calls queue up and the worker runs up to `batch_size` of them in one generate().
@@ -75,6 +76,17 @@ class LocalProvider(Provider):
     async def complete(self, request: ChatRequest) -> Completion:
         start = time.perf_counter()
         params = {**self.config.params, **request.params}
+        if request.prompt_ids is not None:  # teacher forcing, as vLLM's prompt_logprobs: one forward pass
+            ids = [int(t) for t in request.prompt_ids]
+            rows = await self.score(ids[:1], ids[1:], int(params.get("prompt_logprobs") or 0), add_eos=False)
+            return Completion(
+                text="",
+                finish_reason="length",
+                usage=Usage(prompt_tokens=len(ids)),
+                model=self._lm.name,
+                latency_s=time.perf_counter() - start,
+                prompt_logprobs=[None, *rows],
+            )
         extra = {**self.config.extra_body, **request.extra_body}
         payload = {
             "messages": request.messages,
@@ -113,7 +125,7 @@ class LocalProvider(Provider):
 
     def estimate_tokens(self, request: ChatRequest) -> int:
         """Real prompt tokens once the model is loaded (after preflight); the base estimate before."""
-        if self._lm is None:
+        if self._lm is None or request.prompt_ids is not None:
             return super().estimate_tokens(request)
         params = {**self.config.params, **request.params}
         max_tokens = (

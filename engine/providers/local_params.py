@@ -13,7 +13,7 @@ PARAM_KEYS = {
     "temperature", "top_p", "max_tokens", "max_completion_tokens", "seed", "stop",
     "logprobs", "top_logprobs", "response_format", "n",
 }  # fmt: skip
-EXTRA_KEYS = {"top_k", "guided_json"}
+EXTRA_KEYS = {"top_k", "guided_json", "return_tokens_as_token_ids"}  # ids: what local always returns
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 

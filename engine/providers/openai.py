@@ -4,12 +4,17 @@ One request per call through `openai.AsyncOpenAI` with the SDK's own retries off
 translated into engine.errors classes (the client decides what to retry). API keys never appear in
 error text. `timeout_s` is a deadline for the whole request, body included (a server trickling its
 answer cannot hold a request longer), and a body above `max_response_mb` is cut off and fails its item.
+
+Teacher forcing (a ChatRequest with `prompt_ids`) goes to the completions API as vLLM serves it: the ids
+as the prompt, one new token, `prompt_logprobs = k`. Only a self-hosted vLLM (or a server speaking its
+protocol) answers that; an endpoint that answers without `prompt_logprobs` stops the run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import os
 import time
 from pathlib import Path
@@ -92,7 +97,7 @@ class OpenAIProvider(Provider):
         return Tokenizer.from_file(str(path))
 
     def estimate_tokens(self, request: ChatRequest) -> int:
-        if self._tokenizer is None:
+        if self._tokenizer is None or request.prompt_ids is not None:
             return super().estimate_tokens(request)
         texts = [m.get("content") or "" for m in request.messages]
         prompt = sum(len(e.ids) for e in self._tokenizer.encode_batch(texts, add_special_tokens=False))
@@ -100,6 +105,8 @@ class OpenAIProvider(Provider):
         return prompt + 4 * len(request.messages) + int(max_tokens)
 
     async def complete(self, request: ChatRequest) -> Completion:
+        if request.prompt_ids is not None:
+            return await self._prompt_logprobs(request)
         params = dict(request.params)
         if params.get("top_logprobs"):
             params["logprobs"] = True  # the API rejects top_logprobs without it
@@ -118,18 +125,45 @@ class OpenAIProvider(Provider):
             raise Fatal(f"preflight failed: {exc}", stop_run=True) from None
 
     async def _create(self, messages: list, params: dict, extra_body: dict, timeout: float) -> Completion:
+        body = {"model": self.config.model, "messages": messages, **params, **(extra_body or {})}
+        return await self._post("/chat/completions", body, timeout, self._to_completion)
+
+    async def _prompt_logprobs(self, request: ChatRequest) -> Completion:
+        """Teacher forcing through vLLM's completions API: every prompt position's top-k, no generation.
+        The temperature is pinned to 1: a server computing processed log-probs must not sharpen them."""
+        ids = [int(t) for t in request.prompt_ids or []]
+        k = int(request.params.get("prompt_logprobs") or 0)
+        body = {**request.extra_body, "model": self.config.model, "prompt": ids}
+        body |= {"max_tokens": 1, "temperature": 1.0, "prompt_logprobs": k}
+
+        def parse(resp: dict[str, Any], headers: dict[str, str], latency: float) -> Completion:
+            completion = self._to_completion(resp, headers, latency)
+            rows = resp["choices"][0].get("prompt_logprobs")
+            if rows is None:
+                raise Fatal(
+                    f"{self._where}: {self.config.base_url}/completions answered without prompt_logprobs; "
+                    "capturing a teacher's top-k needs a vLLM server (or one speaking its protocol): "
+                    "hosted APIs such as DashScope or DeepSeek do not score given token ids; distil them "
+                    "with SFT",
+                    stop_run=True,
+                )
+            completion.prompt_logprobs = prompt_topk(rows, ids, self._where)
+            return completion
+
+        return await self._post("/completions", body, self.config.timeout_s, parse)
+
+    async def _post(self, path: str, body: dict, timeout: float, parse: Any) -> Completion:
         start = time.monotonic()
         deadline = asyncio.timeout(timeout)  # the SDK's timeouts are per read: a trickle never ends them
         try:
             # The SDK's plain `post` keeps its auth, error classes and transport but skips the typed
             # request transform and the pydantic response models: a third of the client CPU per request.
-            body = {"model": self.config.model, "messages": messages, **params, **(extra_body or {})}
             async with deadline:
                 raw = await self._client.post(
-                    "/chat/completions", cast_to=httpx2.Response, body=body, options={"timeout": timeout}
+                    path, cast_to=httpx2.Response, body=body, options={"timeout": timeout}
                 )
             headers = {k.lower(): v for k, v in raw.headers.items() if k.lower().startswith(KEPT_HEADERS)}
-            return self._to_completion(orjson.loads(raw.content), headers, time.monotonic() - start)
+            return parse(orjson.loads(raw.content), headers, time.monotonic() - start)
         except TimeoutError:
             if not deadline.expired():
                 raise
@@ -159,8 +193,9 @@ class OpenAIProvider(Provider):
         choice = resp["choices"][0]
         usage = resp.get("usage") or {}
         content = (choice.get("logprobs") or {}).get("content")
+        text = (choice.get("message") or {}).get("content") if "message" in choice else choice.get("text")
         return Completion(
-            text=(choice.get("message") or {}).get("content") or "",
+            text=text or "",
             finish_reason=choice.get("finish_reason"),
             usage=Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0),
             model=resp.get("model") or self.config.model,
@@ -259,6 +294,32 @@ def to_token_topk(content: list[Any]) -> list[TokenTopK]:
         pairs.sort(key=lambda p: p[1], reverse=True)  # rank by value: servers do not promise an order
         out.append(TokenTopK(_token(_get(entry, "token")), float(_get(entry, "logprob")), pairs))
     return out
+
+
+def prompt_topk(rows: list[Any], prompt_ids: list[int], where: str) -> list[TokenTopK | None]:
+    """vLLM's `prompt_logprobs` -> one TokenTopK per prompt id (None where the server gives none, always
+    the first). Entry t maps str(token id) -> {logprob, rank, decoded_token}: the top-k by rank plus the
+    actual token prompt_ids[t] when it ranks lower. Entries are kept in rank order; -9999 (vLLM's JSON
+    stand-in for -inf) and NaN become -inf."""
+    if len(rows) != len(prompt_ids):
+        raise Fatal(f"{where}: {len(rows)} prompt_logprobs for a prompt of {len(prompt_ids)} token ids")
+    out: list[TokenTopK | None] = []
+    for token, entry in zip(prompt_ids, rows, strict=True):
+        if not entry:
+            out.append(None)
+            continue
+        scored = [(int(t), _logprob(v["logprob"]), v.get("rank") or math.inf) for t, v in entry.items()]
+        scored.sort(key=lambda e: (e[2], -e[1]))  # by rank, as the server ranked them
+        actual = entry.get(str(token)) or {}
+        logprob = _logprob(actual["logprob"]) if "logprob" in actual else -math.inf
+        top: list[tuple[int | str, float]] = [(t, lp) for t, lp, _ in scored]
+        out.append(TokenTopK(token, logprob, top, text=actual.get("decoded_token")))
+    return out
+
+
+def _logprob(value: Any) -> float:
+    value = float(value)
+    return -math.inf if math.isnan(value) or value <= -9999.0 else value
 
 
 def _get(obj: Any, name: str) -> Any:
