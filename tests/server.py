@@ -68,6 +68,7 @@ class Behaviour:
     trickle_bps: float | None = None  # send answer bodies at this many bytes per second (slowloris)
     pad_bytes: int = 0  # pad every answer so its body is at least this many bytes (huge bodies)
     chunked: bool = False  # send answer bodies chunked, without Content-Length
+    honour_token_ids: bool = True  # False: token strings even when asked for return_tokens_as_token_ids
     scorer: Callable[[list[int], int], list[Any]] | None = None  # (ids, k) -> vLLM prompt_logprobs
     max_logprobs: int = 20  # vLLM's --max-logprobs: a larger prompt_logprobs is a 400
 
@@ -400,7 +401,7 @@ class FakeServer:
         else:
             choice["text"] = text
         if body.get("logprobs") and chat:
-            as_ids = bool(body.get("return_tokens_as_token_ids"))
+            as_ids = bool(body.get("return_tokens_as_token_ids")) and self.behaviour.honour_token_ids
             choice["logprobs"] = {"content": self._logprobs(text, int(body.get("top_logprobs") or 0), as_ids)}
         kind = "chat.completion" if chat else "text_completion"
         return {
