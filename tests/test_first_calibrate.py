@@ -68,14 +68,63 @@ def synthetic_teacher(n: int, seed: int = 0):
 
 def test_search_covers_the_coarse_grid_then_fine_steps_around_the_best():
     lp, ids, gold = synthetic_teacher(3000)
-    best, grid = search_c(lp, ids, gold)
+    best, grid, identity = search_c(lp, ids, gold)
     tried = dict(grid)
     assert set(COARSE_GRID) <= set(tried)
     coarse_best = min(COARSE_GRID, key=lambda c: tried[c])
     assert {round(coarse_best + 0.02 * i, 2) for i in range(-5, 6) if coarse_best + 0.02 * i > 0} <= set(
         tried
     )
-    assert tried[best] == min(tried.values()) and tried[best] <= tried[coarse_best]
+    assert tried[best] == min(tried.values()) < identity  # the overconfident teacher needs a transform
+
+
+def calibrated_teacher(n: int, seed: int = 0):
+    """A teacher whose top-1 is right exactly as often as its (renormalised) probability says."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, 5)) * 2
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    order = np.argsort(-p, 1)
+    p = np.take_along_axis(p, order, 1)
+    ids = rng.integers(0, 50, size=(n, 5))
+    gold = ids[np.arange(n), [rng.choice(5, p=row) for row in p]]
+    return np.log(p).astype(np.float32), ids, gold
+
+
+def test_the_identity_is_kept_when_no_c_beats_it():
+    lp, ids, gold = calibrated_teacher(6000)
+    best, grid, identity = search_c(lp, ids, gold)
+    assert best is None and identity < min(ece for _, ece in grid)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_calibration_never_chooses_a_c_worse_than_no_transform(tmp_path, seed):
+    lp, ids, gold = (synthetic_teacher if seed % 2 else calibrated_teacher)(2500, seed=seed)
+    with TopKWriter(tmp_path, 5, 50, "h") as writer:
+        for r in range(50):
+            rows = slice(50 * r, 50 * r + 50)
+            writer.append(f"rec{r}", np.concatenate([[-1], gold[rows]]), ids[rows], lp[rows])
+    result = calibrate_store(tmp_path, val_fraction=0.5, log=None)
+    assert result.ece <= result.ece_identity
+    assert (result.c is None) == (min(ece for _, ece in result.grid) >= result.ece_identity)
+    manifest = orjson.loads((tmp_path / "manifest.json").read_bytes())
+    assert resolve_c("manifest", manifest, False, str(tmp_path)) == result.c  # None: train without it
+
+
+def test_warnings_for_the_teachers_own_output_a_grid_edge_and_a_small_split(tmp_path, capsys):
+    lp, ids, _ = synthetic_teacher(1000, seed=2)
+    gold = ids[:, 0]  # the stored tokens are the teacher's greedy choices
+    with TopKWriter(tmp_path, 5, 50, "h") as writer:
+        for r in range(20):
+            rows = slice(50 * r, 50 * r + 50)
+            writer.append(f"rec{r}", np.concatenate([[-1], gold[rows]]), ids[rows], lp[rows])
+    assert main(["distill", "calibrate", str(tmp_path), "--val-fraction", "1"]) == 0
+    out = capsys.readouterr().out
+    cal = orjson.loads((tmp_path / "manifest.json").read_bytes())["calibration"]
+    assert cal["top1_agreement"] == 1.0 and cal["c"] == min(c for c, _ in cal["grid"])  # sharpest wins
+    assert len(cal["warnings"]) == 3 and all(f"warning: {w}" in out for w in cal["warnings"])
+    assert "teacher's own output" in out and "reference answers" in out
+    assert "edge of the searched grid" in out and "one-hot" in out
+    assert "only 1000 validation tokens" in out
 
 
 def test_validation_split_is_stable_and_order_free():
@@ -105,7 +154,8 @@ def test_calibrate_command_prints_ece_per_c_and_records_the_choice(store, capsys
     manifest = orjson.loads((store / "manifest.json").read_bytes())
     cal = manifest["calibration"]
     assert cal["val_records"] == 20 and f"chosen c={cal['c']:.2f}" in out
-    assert cal["ece"] == min(ece for _, ece in cal["grid"])
+    assert cal["ece"] == min(ece for _, ece in cal["grid"]) < cal["ece_identity"]
+    assert "identity (no transform): ECE=" in out
     assert cal == orjson.loads(orjson.dumps(calibrate_store(store, 0.5, write=False, log=None).__dict__))
     assert resolve_c("manifest", manifest, False, str(store)) == cal["c"]
     with pytest.raises(SpecError, match="tail_bucket"):

@@ -59,3 +59,17 @@ def test_collator_pads_and_stacks_teacher_rows(tmp_path):
     assert batch["attention_mask"][1].tolist() == [1, 1, 1, 1, 1, 0, 0]
     assert torch.isinf(batch["teacher_logprobs"][1, 4:]).all()
     assert (collator.distilled, collator.completion) == (6, 6)
+
+
+def test_an_example_whose_prompt_differs_from_the_teachers_is_not_distilled(tmp_path, caplog):
+    with TopKWriter(tmp_path, 3, 100, "h", packed=False) as writer:
+        writer.append("same", *record(COMPLETION), prompt_ids=PROMPT)
+        writer.append("other", *record(COMPLETION), prompt_ids=[11, 12, 14])  # the teacher saw another prompt
+        writer.append("unknown", *record(COMPLETION))  # no digest recorded: not checked
+    collator = FirstCollator(TopKReader(tmp_path), pad_token_id=0)
+    example = {"input_ids": PROMPT + COMPLETION, "labels": [-100] * 3 + COMPLETION}
+    batch = collator([{"key": key, **example} for key in ("same", "other", "unknown")])
+    assert batch["labels"][0].tolist() == batch["labels"][2].tolist() == [-100, -100, -100, *COMPLETION]
+    assert (batch["labels"][1] == -100).all() and torch.isinf(batch["teacher_logprobs"][1]).all()
+    assert (collator.prompt_mismatches, collator.distilled, collator.completion) == (1, 8, 12)
+    assert "'other': its prompt ids differ" in caplog.text

@@ -19,6 +19,7 @@ from trainers.first.topk_store import (
     TopKWriter,
     capture_from_completion,
     check_compatible,
+    prompt_digest,
     vocab_hash,
 )
 
@@ -212,3 +213,44 @@ def test_a_damaged_complete_index_line_is_not_taken_for_a_torn_tail(tmp_path):
     with pytest.raises(SpecError, match="damaged index line"):
         TopKWriter(tmp_path, K, 300, "h")  # and nothing after it is cut away
     assert index.read_bytes().count(b"\n") == 2
+
+
+def test_confident_rows_keep_the_mass_outside_the_top1_precisely(tmp_path):
+    """The tail bucket needs log(1 - p1); the top-1 is coded as its logit, so that stays precise."""
+    rng = np.random.default_rng(7)
+    complement = np.exp(rng.uniform(np.log(1e-6), np.log(0.5), size=400))  # 1 - p1 from 1e-6 to 0.5
+    lp = np.full((400, K), -np.inf, dtype=np.float32)
+    lp[:, 0] = np.log1p(-complement)
+    lp[:, 1] = np.log(complement / 2)
+    ids = np.tile(np.arange(K, dtype=np.int32), (400, 1))
+    with TopKWriter(tmp_path, K, 1000, "h") as writer:
+        writer.append("r", np.zeros(401, dtype=np.int32), ids, lp)
+    got = TopKReader(tmp_path)["r"][2].astype(np.float64)
+    got_complement = -np.expm1(got[:, 0])
+    assert np.abs(np.log(got_complement) - np.log(complement)).max() <= 2.0**-9 + 1e-6
+    assert (np.abs(got[:, 0] - lp[:, 0]) <= 2.0**-9 * complement + 1e-7).all()
+    assert np.abs(got[:, 1] - lp[:, 1]).max() <= PACKED_BOUND_NATS
+    with TopKWriter(tmp_path / "one", K, 1000, "h") as writer:  # p1 = 1 exactly: within 1.2e-7 of it
+        writer.append("r", [0, 1], [[1, 2, 3, 4, 5]], [[0.0, -20.0, -np.inf, -np.inf, -np.inf]])
+    assert -1.2e-7 <= TopKReader(tmp_path / "one")["r"][2][0, 0] <= 0
+
+
+def test_prompt_digests_and_keys_as_record_ids(tmp_path):
+    rng = np.random.default_rng(8)
+    with TopKWriter(tmp_path, K, 300, "h") as writer:
+        writer.append(3104, *make_record(rng, 4, 300), prompt_ids=[5, 6, 7])  # an int id is stored as "3104"
+        writer.append("b", *make_record(rng, 4, 300))
+        assert 3104 in writer and "3104" in writer
+    reader = TopKReader(tmp_path)
+    assert reader.keys() == ["3104", "b"] and 3104 in reader and reader[3104][1].shape == (4, K)
+    assert reader.prompt_digest(3104) == prompt_digest([5, 6, 7]) != prompt_digest([5, 6, 8])
+    assert reader.prompt_digest("b") is None
+
+
+def test_a_store_of_the_previous_format_is_refused_with_what_to_do(tmp_path):
+    with TopKWriter(tmp_path, K, 300, "h") as writer:
+        writer.append("a", *make_record(np.random.default_rng(9), 3, 300))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes().replace(b"topk-shards/2", b"topk-shards/1"))
+    with pytest.raises(SpecError, match="another version.*capture the teacher's top-k again"):
+        TopKReader(tmp_path)

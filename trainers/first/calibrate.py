@@ -1,13 +1,18 @@
 """FIRST's "trustworthy maximization" (arXiv 2408.12168): re-calibrate the teacher's top-k as
 p~_i = exp(p_i / c) / sum_j exp(p_j / c) over its top-k probabilities p_i (not log-probs), with c chosen
-by grid search to minimise the teacher's expected calibration error on held-out stored tokens."""
+by grid search to minimise the teacher's expected calibration error on held-out stored tokens.
+
+The identity (no transform) is a candidate too and is kept unless some c has a lower ECE on the same
+validation tokens, so calibrating never makes the targets worse by its own measure. Warnings name the
+cases where the measure itself is weak: c on the grid's edge, few validation tokens, and records that are
+the teacher's own output (its top-1 is then nearly always the "gold" token, and sharpening always wins)."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +24,8 @@ from trainers.first.topk_store import TopKReader, update_manifest
 COARSE_GRID = tuple(round(0.1 * i, 2) for i in range(1, 11))
 FINE_STEP = 0.02  # then 0.02 steps within 0.1 of the best coarse c
 N_BINS = 10
+MIN_VAL_TOKENS = 2000  # below this the ECE per c is noise
+MAX_TOP1_AGREEMENT = 0.95  # above this the stored tokens are (almost) the teacher's own choices
 TAIL_EPS = 1e-6  # keeps log(1 - sum p) finite when the top-k holds (numerically) all the mass
 
 
@@ -65,8 +72,9 @@ def teacher_ece(
 
 def search_c(
     logprobs: np.ndarray, ids: np.ndarray, gold: np.ndarray, tail_bucket: bool = False
-) -> tuple[float, list[tuple[float, float]]]:
-    """Grid search of c: 0.1..1.0 by 0.1, then by FINE_STEP around the best; returns (c, [(c, ece)...])."""
+) -> tuple[float | None, list[tuple[float, float]], float]:
+    """Grid search of c: 0.1..1.0 by 0.1, then by FINE_STEP around the best. Returns (c, [(c, ece)...],
+    identity's ECE); c is None (the identity) unless a c has a strictly lower ECE (ties go to smaller c)."""
     tried: dict[float, float] = {}
 
     def run(grid: Sequence[float]) -> None:
@@ -77,8 +85,9 @@ def search_c(
     run(COARSE_GRID)
     coarse_best = min(COARSE_GRID, key=lambda c: (tried[c], c))
     run([round(coarse_best + FINE_STEP * i, 2) for i in range(-5, 6)])
-    best = min(tried, key=lambda c: (tried[c], c))  # ties go to the smaller c
-    return best, sorted(tried.items())
+    best = min(tried, key=lambda c: (tried[c], c))
+    identity = teacher_ece(logprobs, ids, gold, None, tail_bucket)
+    return (best if tried[best] < identity else None), sorted(tried.items()), identity
 
 
 def validation_keys(keys: Sequence[str], fraction: float) -> list[str]:
@@ -91,14 +100,16 @@ def validation_keys(keys: Sequence[str], fraction: float) -> list[str]:
 
 @dataclass
 class Calibration:
-    c: float
+    c: float | None  # None: the identity (no transform) had the lowest ECE
     ece: float
     ece_identity: float  # without the transform (top-k renormalised), for comparison
     tail_bucket: bool
     val_fraction: float
     val_records: int
     val_tokens: int
+    top1_agreement: float  # share of validation tokens whose stored (gold) token is the teacher's top-1
     grid: list[tuple[float, float]]
+    warnings: list[str] = field(default_factory=list)
 
 
 def calibrate_store(
@@ -120,21 +131,52 @@ def calibrate_store(
     gold = np.concatenate([t[1:] for t, _, _ in records])
     scored = np.isfinite(logprobs).any(-1)  # rows the teacher gave nothing for cannot be judged
     logprobs, ids, gold = logprobs[scored], ids[scored], gold[scored]
-    c, grid = search_c(logprobs, ids, gold, tail_bucket)
-    identity = teacher_ece(logprobs, ids, gold, None, tail_bucket)
-    result = Calibration(c, dict(grid)[c], identity, tail_bucket, val_fraction, len(keys), len(gold), grid)
+    c, grid, identity = search_c(logprobs, ids, gold, tail_bucket)
+    top1 = np.take_along_axis(ids, logprobs.argmax(-1)[:, None], -1)[:, 0]
+    agreement = float((top1 == gold).mean()) if len(gold) else 0.0
+    ece = identity if c is None else dict(grid)[c]
+    result = Calibration(
+        c, ece, identity, tail_bucket, val_fraction, len(keys), len(gold), agreement, grid,
+        _warnings(c, grid, len(gold), agreement),
+    )  # fmt: skip
     if log:
         log(f"{store_dir}: {len(keys)} validation records, {len(gold)} tokens, tail_bucket={tail_bucket}")
-        log(f"  identity (no transform): ECE={identity:.4f}")
-        for value, ece in grid:
-            log(f"  c={value:.2f}  ECE={ece:.4f}{'  <- chosen' if value == c else ''}")
+        log(f"  identity (no transform): ECE={identity:.4f}{'  <- chosen' if c is None else ''}")
+        for value, err in grid:
+            log(f"  c={value:.2f}  ECE={err:.4f}{'  <- chosen' if value == c else ''}")
+        for warning in result.warnings:
+            log(f"warning: {warning}")
     if write:
         update_manifest(store_dir, calibration=asdict(result))
     return result
 
 
-def stored_c(manifest: dict, tail_bucket: bool, store: str) -> float:
-    """The c a store was calibrated with, refusing a store calibrated for the other tail setting."""
+def _warnings(c: float | None, grid: list[tuple[float, float]], tokens: int, agreement: float) -> list[str]:
+    out = []
+    if c is not None and c in (grid[0][0], grid[-1][0]):
+        effect = "targets close to one-hot: FIRST turns into SFT" if c == grid[0][0] else "flat targets"
+        out.append(
+            f"c={c:.2f} lies on the edge of the searched grid ({grid[0][0]:.2f}..{grid[-1][0]:.2f}), so the "
+            f"search did not find a minimum; this c gives {effect}. Check the validation records"
+        )
+    if tokens < MIN_VAL_TOKENS:
+        out.append(
+            f"only {tokens} validation tokens (< {MIN_VAL_TOKENS}): the ECE per c is noisy; capture more "
+            "records or raise --val-fraction"
+        )
+    if agreement > MAX_TOP1_AGREEMENT:
+        out.append(
+            f"the teacher's top-1 is the stored token on {agreement:.1%} of validation tokens (> "
+            f"{MAX_TOP1_AGREEMENT:.0%}): these records look like the teacher's own output, on which the "
+            "calibration can only learn to sharpen. Calibrate on records with reference answers "
+            "(human-written completions), as FIRST does; see docs/first.md"
+        )
+    return out
+
+
+def stored_c(manifest: dict, tail_bucket: bool, store: str) -> float | None:
+    """The c a store was calibrated with (None: the identity won), refusing a store calibrated for the
+    other tail setting."""
     cal = manifest.get("calibration")
     if not cal:
         raise SpecError(
@@ -145,7 +187,7 @@ def stored_c(manifest: dict, tail_bucket: bool, store: str) -> float:
             f"{store}: c was calibrated with tail_bucket={cal['tail_bucket']}, training asks {tail_bucket}; "
             f"re-run calibrate{' --tail-bucket' if tail_bucket else ''} or set c explicitly"
         )
-    return float(cal["c"])
+    return None if cal["c"] is None else float(cal["c"])
 
 
 def resolve_c(c: float | str | None, manifest: dict, tail_bucket: bool, store: str) -> float | None:

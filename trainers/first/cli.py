@@ -15,7 +15,8 @@ def add_distill_commands(subparsers: argparse._SubParsersAction) -> argparse.Arg
     commands = distill.add_subparsers(dest="distill_command", required=True)
     calibrate = commands.add_parser(
         "calibrate",
-        help="choose FIRST's c on a validation split of a top-k store and record it in its manifest",
+        help="choose FIRST's c (or no transform) on a validation split of a top-k store and record it in "
+        "its manifest",
     )
     calibrate.add_argument("store_dir", metavar="STORE_DIR")
     calibrate.add_argument("--val-fraction", type=float, default=0.1, help="share of records (by key hash)")
@@ -32,7 +33,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     result = calibrate_store(args.store_dir, args.val_fraction, args.tail_bucket, write=not args.dry_run)
     where = "not written (--dry-run)" if args.dry_run else f"written to {args.store_dir}/manifest.json"
-    print(f"chosen c={result.c:.2f} (ECE {result.ece:.4f}, untransformed {result.ece_identity:.4f}); {where}")
+    if result.c is None:
+        print(f"chosen: no transform (ECE {result.ece:.4f}; no c did better); {where}")
+    else:
+        ece = f"ECE {result.ece:.4f}, untransformed {result.ece_identity:.4f}"
+        print(f"chosen c={result.c:.2f} ({ece}); {where}")
     return 0
 
 
