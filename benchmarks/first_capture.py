@@ -104,9 +104,18 @@ def bench_throughput(rows: list[dict], work: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     stored, processed = token_counts(rows, tokenizer)
     out = {"records": len(rows), "stored_tokens": stored, "teacher_tokens": processed}
-    with FakeServer(scorer=ModelScorer(model_dir), keep_bodies=False) as server:
+    scorer, answers = ModelScorer(model_dir), {}
+
+    def cached(ids: list[int], k: int) -> list:  # the second run measures the engine alone
+        key = (tuple(ids), k)
+        if key not in answers:
+            answers[key] = scorer(ids, k)
+        return answers[key]
+
+    with FakeServer(scorer=cached, keep_bodies=False) as server:
         provider = f'kind = "openai"\nbase_url = "{server.url}"\nmodel = "test-model"\nmax_concurrency = 8'
         out["server"] = run_capture(write_spec(work / "server", provider, model_dir, rows))
+        out["engine_only"] = run_capture(write_spec(work / "engine_only", provider, model_dir, rows))
     provider = f'kind = "local"\nmodel = "{model_dir}"\nthreads = 1'
     out["local"] = run_capture(write_spec(work / "local", provider, model_dir, rows))
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -182,14 +191,24 @@ def bench_tail(rows: list[dict], teacher: Path) -> dict:
     return out
 
 
-def bench_calibration(work: Path) -> dict:
-    """The calibration table (identity included) on the packed store captured from reference answers."""
+def bench_calibration(rows: list[dict], work: Path, teacher: Path, own: int) -> dict:
+    """The calibration table (identity included) on the store captured from reference answers, with and
+    without the tail bucket; then on the teacher's own greedy answers to the first `own` prompts."""
     from trainers.first.calibrate import calibrate_store
 
-    result = calibrate_store(
-        work / "packed" / "out" / "topk" / "topk", val_fraction=0.3, write=False, log=print
-    )
-    return result.__dict__
+    store = work / "storage" / "packed" / "out" / "topk" / "topk"
+    out = {}
+    for tail in (False, True):
+        print(f"-- reference answers, tail_bucket={tail}")
+        out[f"reference_tail_{tail}"] = calibrate_store(store, 0.3, tail_bucket=tail, write=False).__dict__
+    provider = 'kind = "local"\nmodel = ""\nthreads = 1\nbatch_size = 8\nmax_concurrency = 8'
+    prompts = [{"id": r["id"], "prompt": r["prompt"]} for r in rows[:own]]
+    spec = write_spec(work / "own", provider, teacher, prompts)
+    spec.write_text(spec.read_text() + 'mode = "generate"\nparams = { temperature = 0, max_tokens = 64 }\n')
+    out["own_run"] = run_capture(spec)
+    print("-- the teacher's own greedy answers")
+    out["own"] = calibrate_store(spec.parent / "out" / "topk" / "topk", 0.3, write=False).__dict__
+    return out
 
 
 def main() -> None:
@@ -198,6 +217,7 @@ def main() -> None:
     )
     parser.add_argument("--sections", default="throughput,storage,tail,calibration")
     parser.add_argument("--records", type=int, default=175)
+    parser.add_argument("--own-records", type=int, default=60, help="greedy answers, calibration contrast")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
@@ -211,7 +231,7 @@ def main() -> None:
         if "throughput" in sections:
             results["throughput"] = r = bench_throughput(rows, work / "throughput")
             base = r["in_process"]["stage_s"]
-            for name in ("server", "local", "in_process"):
+            for name in ("server", "engine_only", "local", "in_process"):
                 s = r[name]["stage_s"]
                 print(
                     f"{name:10s} stage {s:6.1f} s  {r['stored_tokens'] / s:7.0f} stored tok/s  "
@@ -230,7 +250,7 @@ def main() -> None:
             results["tail"] = r = bench_tail(rows, teacher)
             print(json.dumps(r, indent=2))
         if "calibration" in sections:
-            results["calibration"] = bench_calibration(work / "storage")
+            results["calibration"] = bench_calibration(rows, work, teacher, args.own_records)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
 

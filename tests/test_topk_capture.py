@@ -286,6 +286,12 @@ def test_generation_time_logprobs_with_token_ids_fill_the_store(teacher, tmp_pat
         )
         assert (ids[:, 0] == tokens[1:]).all()  # the fake server ranks the chosen token first
     assert len(reader) == 4
+    journal = tmp_path / "run" / "out" / STAGE / "raw" / "shard-00000.jsonl"
+    journal.write_bytes(b"".join(journal.read_bytes().splitlines(keepends=True)[:-1]))  # a crash
+    fake_server.reset_counts()
+    assert run_in_process(spec)["status"] == "complete"
+    assert not [b for b in fake_server.bodies if b.get("top_logprobs")]  # reused: text decoded from ids
+    assert len(journal_ok(tmp_path / "run")) == 4 == len(index_keys(store_of(tmp_path / "run")))
 
 
 def test_token_strings_without_ids_stop_the_run_with_the_sft_hint(teacher, tmp_path, fake_server):
