@@ -204,7 +204,7 @@ def test_rows_stored_before_a_crash_are_reused_and_stale_rows_are_refused(teache
         changed["prompt"][0]["content"] = "Answer in three words."  # same id, another prompt: new work
         capture_spec(folder, served(server.url), model_dir, rows)
         server.reset_counts()
-        engine("run", spec, "--quiet")
+        assert engine("run", spec, "--quiet", check=False).returncode == 3  # the changed record failed
         assert not [b for b in server.bodies if "prompt_logprobs" in b]  # nothing scored twice
     ok = {e["id"]: e for e in journal_ok(folder)}
     assert sorted(i for i, e in ok.items() if e["record"]["topk"].get("reused")) == sorted(lost)
