@@ -196,7 +196,7 @@ class Pipeline:
             self.progress.start(stage.name, self._expected(stage, gen))
             ticker = asyncio.create_task(self._tick()) if self.progress.enabled else None
             if self.mode == "run":  # after every input record was checked: a bad one opens nothing
-                gen.open_outputs(stage_dir, self.shard[0])
+                gen.open_outputs(stage_dir, self.shard[0], settings)
             inputs = self._inputs(stage)
             for round_no, items in enumerate(gen.rounds(inputs)):
                 commit = RoundCommit(

@@ -56,9 +56,11 @@ class Generator:
         """Default: one round over every input record, streamed."""
         yield (item for record in records for item in self.work(record))
 
-    def open_outputs(self, stage_dir: Path, shard: int) -> None:
+    def open_outputs(self, stage_dir: Path, shard: int, settings: Any) -> None:
         """Before `engine run` works on this stage (never in status or replay): open the stage's own side
-        outputs next to its journal, one per shard (`shard` is this process's --shard index)."""
+        outputs next to its journal, one per shard (`shard` is this process's --shard index). `settings`
+        are the stage's answer settings (engine/keys.py, part of every work key): what an output holds
+        from other settings is other work, not to be reused."""
 
     def close_outputs(self) -> None:
         """After the stage ran, also after an error or a stop; must not fail when nothing was opened."""

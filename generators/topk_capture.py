@@ -33,9 +33,11 @@ TOKEN_CHECK = 64  # completion tokens per record whose teacher-decoded text is c
 
 
 class TopKCaptureConfig(GeneratorConfig):
+    # in the work key by its bytes (the fingerprint), not its path: a moved folder is no new work
     tokenizer: str = Field(
         "",
         description='the student\'s tokenizer: a model folder (relative to the spec); "" = bundled SmolLM2',
+        exclude=True,
     )
     k: int = Field(5, ge=1, le=20, description="entries kept per token (vLLM's --max-logprobs is 20)")
     mode: Literal["score", "generate"] = Field(
@@ -81,20 +83,17 @@ class TopKCapture(Generator):
             )
 
     def fingerprint(self, record: Record) -> Any:
-        return [
-            self.config.mode,
-            self.config.k,
-            self.tokenizer_id,
-            record["prompt"],
-            record.get("completion"),
-        ]
+        # k, mode and the teacher are in the stage's answer settings (engine/keys.py); the tokenizer here, by
+        # its bytes (a changed chat template is new work, a moved folder is not)
+        return [self.tokenizer_id, record["prompt"], record.get("completion")]
 
     def stats(self, kept: Any) -> dict[str, Any]:
-        rows = [r.get("topk") or {} for r in kept]
-        return {
-            "scored_tokens": sum(r.get("tokens", 0) for r in rows),
-            "reused": sum(bool(r.get("reused")) for r in rows),
-        }
+        scored = reused = 0
+        for record in kept:  # streamed: memory stays flat
+            info = record.get("topk") or {}
+            scored += info.get("tokens", 0)
+            reused += bool(info.get("reused"))
+        return {"scored_tokens": scored, "reused": reused}
 
     async def generate(self, item: WorkItem, llm: LLM, attempt: int) -> Record:
         if self._writer is None:
@@ -216,7 +215,7 @@ class TopKCapture(Generator):
         return {"topk": {**info, "reused": True} if reused else info}
 
     # ---- the store, one writer per shard ------------------------------------------------------
-    def open_outputs(self, stage_dir: Path, shard: int) -> None:
+    def open_outputs(self, stage_dir: Path, shard: int, settings: Any) -> None:
         from trainers.first.topk_store import TopKReader, TopKWriter, vocab_hash
 
         self._load_tokenizer()
@@ -230,6 +229,33 @@ class TopKCapture(Generator):
             shard=shard,
         )
         self._stored = TopKReader(self.store_dir)  # after the writer cut its shard's torn tail
+        try:
+            self._claim(settings)
+        except SpecError:
+            self.close_outputs()
+            raise
+
+    def _claim(self, settings: Any) -> None:
+        """A store holds one version of each record, so one set of answer settings (the teacher's model and
+        parameters, k, mode, ...): the first run records them in the manifest; a run under other settings
+        (whose work keys all changed: new work) is refused instead of mixing or reusing another teacher's
+        rows. The tokenizer is not part of them: each reused record's ids are checked."""
+        from trainers.first.topk_store import update_manifest
+
+        blob = orjson.dumps(settings, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        mine = hashlib.sha256(blob).hexdigest()[:16]
+        have = self._stored.manifest.get("capture_settings")
+        if have == mine:
+            return
+        if have is None and not len(self._stored):
+            update_manifest(self.store_dir, capture_settings=mine)
+            return
+        raise SpecError(
+            f"stage {self.stage.name!r}: {self.store_dir} was captured with other settings (the teacher's "
+            "model or parameters, k, mode or the stage's params changed since); a store keeps one "
+            f"version of each record: capture into a new `out` folder, or delete {self.store_dir} to "
+            "capture again"
+        )
 
     def close_outputs(self) -> None:
         if self._writer is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +19,10 @@ import orjson
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from engine.errors import SpecError
 from engine.pipeline import Pipeline
 from engine.spec import load_spec
-from tests.engine_helpers import ROOT, engine, read_lines
+from tests.engine_helpers import ROOT, engine, engine_here, read_lines
 from tests.server import FakeServer, ModelScorer
 from trainers.first.cli import main as calibrate_main
 from trainers.first.teacher import score_topk, write_teacher_store
@@ -212,6 +214,32 @@ def test_rows_stored_before_a_crash_are_reused_and_stale_rows_are_refused(teache
     assert [f["id"] for f in failed] == [changed["id"]]
     assert "already in" in failed[0]["message"] and "other token ids" in failed[0]["message"]
     assert Counter(index_keys(store_of(folder))) == Counter({str(r["id"]): 1 for r in rows})
+
+
+def pending(spec: Path) -> int:
+    return orjson.loads(engine_here("status", spec, "--json").stdout)["stages"][STAGE]["counts"]["pending"]
+
+
+def test_what_changes_the_rows_is_new_work_and_another_teacher_is_refused_by_the_store(teacher, tmp_path):
+    model_dir, scorer = teacher
+    folder, rows = tmp_path / "run", records(3)
+    moved = shutil.copytree(model_dir, tmp_path / "moved")  # the same tokenizer bytes in another folder
+    with FakeServer(scorer=scorer, models=["test-model", "other-teacher"]) as server:
+        spec = capture_spec(folder, served(server.url), model_dir, rows)
+        assert run_in_process(spec)["status"] == "complete"
+        text = spec.read_text()
+        for old, new in (("k = 5", "k = 3"), ("k = 5", 'k = 5\nmode = "generate"')):
+            spec.write_text(text.replace(old, new))
+            assert pending(spec) == len(rows), f"{new}: not new work"
+        spec.write_text(text.replace(str(model_dir), str(moved)))
+        assert pending(spec) == 0  # the tokenizer counts by its bytes, not its path
+        spec.write_text(text.replace('"test-model"', '"other-teacher"'))
+        assert pending(spec) == len(rows)
+        requests = server.requests
+        with pytest.raises(SpecError, match="captured with other settings"):
+            run_in_process(spec)  # another teacher's rows never join this store
+        assert server.requests == requests  # refused before anything was sent
+    assert len(TopKReader(store_of(folder))) == len(rows)
 
 
 def test_429_and_500_are_retried_until_every_record_is_stored(teacher, tmp_path):
