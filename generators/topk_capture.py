@@ -22,6 +22,7 @@ import orjson
 from pydantic import Field
 
 from engine.errors import Fatal, SpecError
+from engine.journal import SPACE_ERRORS, disk_full
 from engine.types import ChatRequest, Record, TokenTopK, WorkItem
 from generators.base import LLM, Generator, GeneratorConfig, register
 
@@ -158,7 +159,12 @@ class TopKCapture(Generator):
         except SpecError as exc:  # token strings instead of ids: every record would fail the same way
             raise Fatal(str(exc), stop_run=True) from None
         # no await between the append and the return: the journal line follows unless the process dies
-        self._writer.append(key, tokens, ids, lps, prompt_ids=prompt)
+        try:
+            self._writer.append(key, tokens, ids, lps, prompt_ids=prompt)
+        except OSError as exc:  # a full disk stops the run like a journal write would; the item stays pending
+            if exc.errno in SPACE_ERRORS:
+                raise disk_full(self.store_dir, exc) from None
+            raise
 
     def _reuse(self, key: str, prompt: list[int], completion: list[int]) -> bool:
         """True when the store already holds this record for these ids (a crash before its journal line)."""

@@ -22,8 +22,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from engine.errors import SpecError
 from engine.pipeline import Pipeline
 from engine.spec import load_spec
-from tests.engine_helpers import ROOT, engine, engine_here, read_lines
+from tests.engine_helpers import ROOT, engine_here, read_lines
 from tests.server import FakeServer, ModelScorer
+from tests.test_disk_full import run_limited
 from trainers.first.cli import main as calibrate_main
 from trainers.first.teacher import score_topk, write_teacher_store
 from trainers.first.tokens import prompt_completion_ids
@@ -138,7 +139,7 @@ def test_capture_through_a_vllm_shaped_server_equals_in_process_teacher_forcing(
     rows = records()
     with FakeServer(scorer=scorer) as server:
         spec = capture_spec(tmp_path / "run", served(server.url), model_dir, rows)
-        engine("run", spec, "--quiet")
+        engine_here("run", spec, "--quiet")
         bodies = [b for b in server.bodies if "prompt_logprobs" in b]
     assert len(bodies) == len(rows)
     assert all(b["max_tokens"] == 1 and b["prompt_logprobs"] == 5 for b in bodies)
@@ -154,7 +155,7 @@ def test_capture_with_the_local_provider_equals_in_process_teacher_forcing(teach
     model_dir, _ = teacher
     rows = records(12)
     spec = capture_spec(tmp_path / "run", f'kind = "local"\nmodel = "{model_dir}"', model_dir, rows)
-    engine("run", spec, "--quiet")
+    engine_here("run", spec, "--quiet")
     assert_equals_in_process_scoring(store_of(tmp_path / "run"), model_dir, rows, tmp_path)
 
 
@@ -181,7 +182,7 @@ def test_sigkill_at_any_moment_then_resume_leaves_every_record_once_in_store_and
                 f.write(b"\x01" * 33)
             with open(store / "shard-00000.idx", "ab") as f:
                 f.write(b'{"key": "torn')
-        engine("run", spec, "--quiet")
+        engine_here("run", spec, "--quiet")
         scored = Counter(tuple(b["prompt"]) for b in server.bodies if "prompt_logprobs" in b)
     ok = journal_ok(folder)
     keys = index_keys(store_of(folder))
@@ -197,7 +198,7 @@ def test_rows_stored_before_a_crash_are_reused_and_stale_rows_are_refused(teache
     folder, rows = tmp_path / "run", records(6)
     with FakeServer(scorer=scorer) as server:
         spec = capture_spec(folder, served(server.url), model_dir, rows)
-        engine("run", spec, "--quiet")
+        engine_here("run", spec, "--quiet")
         journal = folder / "out" / STAGE / "raw" / "shard-00000.jsonl"
         lines = journal.read_bytes().splitlines(keepends=True)
         journal.write_bytes(b"".join(lines[:-2]))  # killed after two stores, before their journal lines
@@ -206,7 +207,7 @@ def test_rows_stored_before_a_crash_are_reused_and_stale_rows_are_refused(teache
         changed["prompt"][0]["content"] = "Answer in three words."  # same id, another prompt: new work
         capture_spec(folder, served(server.url), model_dir, rows)
         server.reset_counts()
-        assert engine("run", spec, "--quiet", check=False).returncode == 3  # the changed record failed
+        assert engine_here("run", spec, "--quiet", check=False).returncode == 3  # the changed record failed
         assert not [b for b in server.bodies if "prompt_logprobs" in b]  # nothing scored twice
     ok = {e["id"]: e for e in journal_ok(folder)}
     assert sorted(i for i, e in ok.items() if e["record"]["topk"].get("reused")) == sorted(lost)
@@ -248,7 +249,7 @@ def test_429_and_500_are_retried_until_every_record_is_stored(teacher, tmp_path)
     with FakeServer(scorer=scorer, seed=3, retry_after=0.05) as server:
         spec = capture_spec(tmp_path / "run", served(server.url, extra="max_retries = 12"), model_dir, rows)
         server.set(fail_prob={429: 0.3, 500: 0.1})
-        engine("run", spec, "--quiet")
+        engine_here("run", spec, "--quiet")
         statuses = server.status_counts
     assert statuses[429] and statuses[500]
     assert len(journal_ok(tmp_path / "run")) == len(rows) == len(TopKReader(store_of(tmp_path / "run")))
@@ -259,8 +260,8 @@ def test_shards_write_their_own_store_shard_and_read_as_one_store(teacher, tmp_p
     rows = records(16)
     with FakeServer(scorer=scorer) as server:
         spec = capture_spec(tmp_path / "run", served(server.url), model_dir, rows)
-        engine("run", spec, "--shard", "1/2", "--quiet")
-        engine("run", spec, "--shard", "2/2", "--quiet")
+        engine_here("run", spec, "--shard", "1/2", "--quiet")
+        engine_here("run", spec, "--shard", "2/2", "--quiet")
     store = store_of(tmp_path / "run")
     per_shard = [len((store / f"shard-{i:05d}.idx").read_bytes().splitlines()) for i in (0, 1)]
     assert all(per_shard) and sum(per_shard) == len(rows)
@@ -339,3 +340,23 @@ def test_status_of_a_capture_spec_neither_opens_the_store_nor_loads_torch(teache
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "pending" in out.stdout and out.stdout.strip().endswith("False"), out.stderr[-2000:]
     assert not store_of(tmp_path / "run").exists()
+
+
+def test_a_full_disk_while_storing_stops_the_run_and_the_same_command_resumes(teacher, tmp_path):
+    model_dir, scorer = teacher
+    # long completions: about 3.6 KB of rows a record in the store's .bin, 1.2 KB a journal line
+    rows = [{"id": f"long-{i}", "prompt": f"Repeat {i}:", "completion": " the" * 200} for i in range(8)]
+    folder = tmp_path / "run"
+    with FakeServer(scorer=scorer) as server:
+        spec = capture_spec(folder, served(server.url, concurrency=2), model_dir, rows)
+        proc = run_limited(spec, 9000)  # the .bin crosses the limit first, at the third record
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"stopped: disk full writing {store_of(folder)}"), lines[0]
+        stored_before = index_keys(store_of(folder))
+        assert 0 < len(stored_before) < len(rows)
+        engine_here("run", spec, "--quiet")
+    keys = index_keys(store_of(folder))
+    assert Counter(keys) == Counter({str(r["id"]): 1 for r in rows})  # the torn tail was cut, nothing twice
+    assert sorted(str(e["id"]) for e in journal_ok(folder)) == sorted(keys)
+    assert len(TopKReader(store_of(folder))) == len(rows)

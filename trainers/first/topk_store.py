@@ -267,6 +267,7 @@ class TopKWriter:
         self._bin = open(base.with_suffix(".bin"), "ab")  # noqa: SIM115
         self._bin.truncate(end)
         self._offset = end
+        self._failed: OSError | None = None  # a write that failed half way: the shard's tail is torn
 
     def __contains__(self, key: object) -> bool:
         return str(key) in self.keys
@@ -284,17 +285,23 @@ class TopKWriter:
         tokens = np.asarray(token_ids, dtype=np.int64)
         ids, lps = np.asarray(topk_ids, dtype=np.int64), np.asarray(topk_logprobs, dtype=np.float32)
         self._validate(key, tokens, ids, lps)
-        self._bin.write(self.codec.encode(tokens[1:], ids, lps))
-        self._bin.flush()
-        if self.fsync:
-            os.fsync(self._bin.fileno())
+        if self._failed is not None:  # appending after a torn tail would misplace every later record
+            raise OSError(self._failed.errno, self._failed.strerror)
         entry = {"key": key, "offset": self._offset, "rows": len(ids), "ctx": int(tokens[0])}
         if prompt_ids is not None:
             entry["prompt"] = prompt_digest(prompt_ids)
-        self._idx.write(orjson.dumps(entry) + b"\n")
-        self._idx.flush()
-        if self.fsync:
-            os.fsync(self._idx.fileno())
+        try:
+            self._bin.write(self.codec.encode(tokens[1:], ids, lps))
+            self._bin.flush()
+            if self.fsync:
+                os.fsync(self._bin.fileno())
+            self._idx.write(orjson.dumps(entry) + b"\n")
+            self._idx.flush()
+            if self.fsync:
+                os.fsync(self._idx.fileno())
+        except OSError as exc:  # e.g. a full disk: the record is not stored; the next writer cuts the tail
+            self._failed = exc
+            raise
         self._offset += self.codec.nbytes(len(ids))
         self.keys.add(key)
 
@@ -315,8 +322,12 @@ class TopKWriter:
             raise SpecError(f"{where}: log-probs must be <= 0 and not NaN; context token >= -1")
 
     def close(self) -> None:
-        self._bin.close()
-        self._idx.close()  # releases the lock
+        for f in (self._bin, self._idx):  # the index last: closing it releases the lock
+            try:
+                f.close()
+            except OSError:
+                if self._failed is None:
+                    raise  # after a failed write, the buffered rest cannot go either: the file closes anyway
 
     def __enter__(self) -> TopKWriter:
         return self
