@@ -188,6 +188,37 @@ def test_a_body_over_max_response_mb_fails_the_item(fake_server: FakeServer, chu
     assert len(ask(make(fake_server.url, max_response_mb=4)).text) > 3 * 1024 * 1024
 
 
+def test_teacher_forcing_has_the_same_deadline_and_size_cap(fake_server: FakeServer) -> None:
+    decoded = {"text": "x"}
+
+    def scorer(ids: list[int], k: int) -> list:  # vLLM's shape: the actual token at rank 1
+        entry = {"logprob": -0.5, "rank": 1, "decoded_token": decoded["text"]}
+        return [None] + [{str(t): entry} for t in ids[1:]]
+
+    def score(provider: OpenAIProvider) -> object:
+        async def go():
+            try:
+                request = ChatRequest([], params={"prompt_logprobs": 2}, prompt_ids=[5, 6, 7])
+                return await provider.complete(request)
+            finally:
+                await provider.aclose()
+
+        return asyncio.run(go())
+
+    fake_server.set(scorer=scorer)
+    rows = score(make(fake_server.url)).prompt_logprobs
+    assert rows[0] is None and [(r.token, r.logprob) for r in rows[1:]] == [(6, -0.5), (7, -0.5)]
+    body = fake_server.bodies[-1]  # vLLM's completions API: ids as the prompt, one new token
+    assert body["prompt"] == [5, 6, 7] and body["max_tokens"] == 1 and body["prompt_logprobs"] == 2
+    fake_server.set(trickle_bps=40)
+    with pytest.raises(Transient, match=r"within 1 s \(timeout_s, body included\)"):
+        score(make(fake_server.url, timeout_s=1))
+    fake_server.set(trickle_bps=None)
+    decoded["text"] = "x" * (2 * 1024 * 1024)  # two rows of 2 MB: prompt_logprobs over the cap
+    with pytest.raises(Fatal, match=r"larger than 1 MB"):
+        score(make(fake_server.url, max_response_mb=1))
+
+
 def test_error_bodies_are_capped_too(fake_server: FakeServer) -> None:
     fake_server.fail_next(1, 400, message="x" * (2 * 1024 * 1024))
     with pytest.raises(Fatal, match="larger than 1 MB"):

@@ -255,6 +255,25 @@ def test_429_and_500_are_retried_until_every_record_is_stored(teacher, tmp_path)
     assert len(journal_ok(tmp_path / "run")) == len(rows) == len(TopKReader(store_of(tmp_path / "run")))
 
 
+def test_capture_requests_are_in_the_spend_ledger_and_stop_at_the_budget(teacher, tmp_path):
+    model_dir, scorer = teacher
+    folder, rows = tmp_path / "run", records(10)
+    with FakeServer(scorer=scorer) as server:
+        spec = capture_spec(folder, served(server.url, concurrency=1), model_dir, rows)
+        spec.write_text(spec.read_text().replace('out = "out"', 'out = "out"\nmax_tokens = 150'))
+        first = engine_here("run", spec, "--quiet", check=False)
+        assert first.returncode == 1 and "budget reached" in first.stderr
+        scored = [b for b in server.bodies if "prompt_logprobs" in b]
+        ledger = read_lines(folder / "out" / "spend" / "shard-00000.jsonl")
+        assert len(ledger) == server.requests  # the preflight and every /completions request
+        sent = [line for line in ledger if line["attempt"] >= 1]
+        assert sum(line["prompt_tokens"] for line in sent) == sum(len(b["prompt"]) for b in scored)
+        assert 0 < len(journal_ok(folder)) == len(index_keys(store_of(folder))) < len(rows)
+        spec.write_text(spec.read_text().replace("max_tokens = 150", "max_tokens = 100000"))
+        engine_here("run", spec, "--quiet")
+    assert Counter(index_keys(store_of(folder))) == Counter({str(r["id"]): 1 for r in rows})
+
+
 def test_shards_write_their_own_store_shard_and_read_as_one_store(teacher, tmp_path):
     model_dir, scorer = teacher
     rows = records(16)
