@@ -214,6 +214,16 @@ def test_records_that_do_not_match_the_scored_tokens_are_refused(pair, tmp_path)
         train_first(spec)
 
 
+def test_records_asked_with_another_prompt_are_counted_and_refused(pair, tmp_path):
+    records = [orjson.loads(line) for line in PAIRS.read_bytes().splitlines()[:4]]
+    for r in records:  # the same answers under another system prompt: the teacher's rows do not apply
+        r["prompt"][0]["content"] = "Answer in three words."
+    path = write_jsonl(tmp_path / "reprompted.jsonl", records)
+    spec = load_spec(first_spec(pair, tmp_path, c="none"), [f"data.train=['{path}']"], "first")
+    with pytest.raises(SpecError, match=r"only 0% .*\(4 examples with other prompt ids than the teacher"):
+        train_first(spec)
+
+
 def test_max_length_cuts_are_counted_and_warned_once(pair, tmp_path, caplog):
     tokenizer = pair.tokenizer
     records = [orjson.loads(line) for line in PAIRS.read_bytes().splitlines()[:-HELD_OUT]]
