@@ -157,6 +157,18 @@ def test_capture_with_the_local_provider_equals_in_process_teacher_forcing(teach
     spec = capture_spec(tmp_path / "run", f'kind = "local"\nmodel = "{model_dir}"', model_dir, rows)
     engine_here("run", spec, "--quiet")
     assert_equals_in_process_scoring(store_of(tmp_path / "run"), model_dir, rows, tmp_path)
+    # the store trains: `train first` on the same records, keyed by their id
+    train = tmp_path / "train.toml"
+    train.write_text(
+        f'base_model = "{model_dir}"\n[data]\ntrain = ["{tmp_path / "run" / "records.jsonl"}"]\n'
+        f'[lora]\nenabled = false\n[first]\nstore = "{store_of(tmp_path / "run")}"\nkey_field = "id"\n'
+        'c = "none"\noutput_dir = "out"\nmax_steps = 1\nsave_strategy = "no"\n'
+        "activation_checkpointing = false\n"
+    )
+    engine_here("train", "first", train)
+    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert summary["steps"] == 1 and summary["alignment"]["distilled_share"] == 1
+    assert summary["alignment"]["prompt_mismatches"] == 0
 
 
 def test_sigkill_at_any_moment_then_resume_leaves_every_record_once_in_store_and_journal(teacher, tmp_path):
