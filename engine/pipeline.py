@@ -145,7 +145,8 @@ class Pipeline:
             self.stop_reason = reason
             wait = f"up to {grace_s:g} s " if grace_s is not None else ""
             again = " (a second signal exits at once)" if grace_s is not None else ""
-            self.progress.log(f"[yellow]{reason}: waiting {wait}for requests in flight, then stopping{again}")
+            message = f"{reason}: waiting {wait}for requests in flight, then stopping{again}"
+            self.progress.log(message, "yellow")
         self.stopping.set()
         for client in self.clients.values():
             client.halt()

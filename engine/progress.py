@@ -108,9 +108,10 @@ class StageProgress:
             self.progress.stop()
             self.progress = None
 
-    def log(self, message: str) -> None:
+    def log(self, message: str, style: str | None = None) -> None:
+        """One line on stderr, printed as given: text such as `[run] max_tokens` is not rich markup."""
         if self.logs:
-            self.console.print(message, highlight=False)
+            self.console.print(message, style=style, highlight=False, markup=False)
 
 
 def _duration(seconds: float) -> str:

@@ -29,6 +29,7 @@ def test_max_tokens_holds_across_invocations_and_a_spent_run_sends_nothing(
     spec = write_spec(tmp_path, fake_server.url, cases=60, run="max_tokens = 800", concurrency=4)
     first = engine_here("run", spec, "--quiet", check=False)
     assert first.returncode == 1 and "budget reached" in first.stderr
+    assert "raise  max_tokens" not in first.stderr  # `[run]` is text, not rich markup, in every line
     largest = max(tokens for _, tokens in fake_server.served_tokens)
     for _ in range(2):
         requests = fake_server.requests
