@@ -226,6 +226,7 @@ class LLMClient:
 
     async def aclose(self) -> None:
         self._log.flush()
+        await self.limiter.aclose()
         await self.provider.aclose()
 
 

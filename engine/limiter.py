@@ -4,16 +4,21 @@ Buckets refill continuously with a small burst cap (providers such as DashScope 
 limits). The window follows AIMD: it halves on a 429, shrinks when latency climbs with no 429 (a
 saturated vLLM queues instead of refusing), and grows back by about one slot per window of successes.
 Server hints (`retry-after`, `x-ratelimit-remaining-*`) pause or drain the buckets.
+
+`build_limiter` picks this in-process limiter or, with `[run] limiter = "redis://..."`, the one shared by
+every process on the same provider account (engine/limiter_redis.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 from engine.providers.base import ProviderConfig
 from engine.types import Completion
@@ -23,6 +28,7 @@ DEFAULT_PAUSE_S = 1.0  # pause after a 429 that carries no Retry-After
 LATENCY_FACTOR = 3.0  # smoothed latency this many times the baseline counts as overload...
 LATENCY_MIN_RISE_S = 0.1  # ...if it also rose this much: millisecond jitter on a fast server is not load
 MIN_LATENCY_SAMPLES = 8
+REDIS_URL_ENV = "ENGINE_REDIS_URL"  # the shared limiter's address when the spec has no `[run] limiter`
 
 
 class TokenBucket:
@@ -88,6 +94,39 @@ class MinuteCap:
                 await asyncio.sleep(self.sent[0] + self.span_s - now)
             self.sent.append(time.monotonic())
 
+    def seed(self, times: list[float]) -> None:
+        """Count requests sent by other means (the shared limiter) in the last span as already sent."""
+        now = time.monotonic()
+        self.sent = deque(t for t in sorted(times) if t > now - self.span_s)
+
+
+class LatencySignal:
+    """Smoothed latency against its baseline, kept apart for answers of about the same length.
+
+    Answers twice as long take about twice as long: a run that moves to longer answers (a new stage,
+    a bigger max_tokens) must not read as overload. Latencies are compared only with answers of the
+    same length class (output tokens within 2x), where a saturated server shows as a rise; answers
+    without `usage` share one class."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+        self.classes: dict[int, list[float]] = {}  # class -> [smoothed, baseline, samples]
+        self.round_trip: float | None = None  # smoothed latency of every answer: one round trip
+
+    def overloaded(self, latency: float, output_tokens: int) -> bool:
+        if latency <= 0:
+            return False
+        self.round_trip = latency if self.round_trip is None else 0.8 * self.round_trip + 0.2 * latency
+        state = self.classes.setdefault(max(output_tokens, 0).bit_length(), [latency, latency, 0])
+        state[0] = 0.8 * state[0] + 0.2 * latency
+        # A baseline that creeps up 0.1% per sample forgives a lasting shift within the class.
+        state[1] = min(state[1] * 1.001, state[0])
+        state[2] += 1
+        smoothed, baseline, samples = state
+        if samples < MIN_LATENCY_SAMPLES:
+            return False
+        return smoothed > self.factor * baseline and smoothed - baseline > LATENCY_MIN_RISE_S
+
 
 class Window:
     """A concurrency limit whose size can change while requests wait."""
@@ -128,13 +167,10 @@ class Limiter:
         self.tokens = TokenBucket(tpm, burst_s) if tpm else None
         self.window = Window(max_concurrency)
         self.default_pause_s = default_pause_s
-        self.latency_factor = latency_factor
+        self.latency = LatencySignal(latency_factor)
         self.paused_until = 0.0
         self.shrinks = 0
         self._last_shrink = 0.0
-        self._latency: float | None = None  # smoothed (EWMA) latency of successful requests
-        self._baseline: float | None = None  # the lowest smoothed latency seen, creeping up slowly
-        self._samples = 0
 
     @classmethod
     def from_config(cls, config: ProviderConfig, **kwargs: float) -> Limiter:
@@ -147,72 +183,78 @@ class Limiter:
         try:
             while (wait := self.paused_until - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
-            if self.requests:
-                await self.requests.take(1)
-            if self.minute:
-                await self.minute.take()
-            if self.tokens:
-                await self.tokens.take(estimated_tokens)
+            await self._admit(estimated_tokens)
             yield
         finally:
             await self.window.release()
 
+    async def _admit(self, estimated_tokens: int) -> None:
+        """Take one request and the estimated tokens from the buckets, waiting as long as needed."""
+        if self.requests:
+            await self.requests.take(1)
+        if self.minute:
+            await self.minute.take()
+        if self.tokens:
+            await self.tokens.take(estimated_tokens)
+
+    async def aclose(self) -> None:
+        """Release what the limiter holds (the shared limiter's connections); nothing here."""
+
     # ---- feedback after each request -------------------------------------------------------------
     def on_success(self, estimated_tokens: int, completion: Completion) -> None:
         used = completion.usage.total_tokens
-        if self.tokens and used:
-            self.tokens.give_back(estimated_tokens - used)
+        if used:
+            self._refund_tokens(estimated_tokens - used)
         self.read_headers(completion.headers)
-        if self._overloaded(completion.latency_s):
+        if self.latency.overloaded(completion.latency_s, completion.usage.completion_tokens):
             self._shrink(0.75)
         elif time.monotonic() - self._last_shrink > self._cooldown():
             self.window.resize(self.window.size + 1.0 / self.window.size)
 
     def on_rate_limited(self, estimated_tokens: int, retry_after: float | None) -> None:
-        if self.tokens:
-            self.tokens.give_back(estimated_tokens)  # a refused request used no tokens
-        for bucket in (self.requests, self.tokens):
-            if bucket:
-                bucket.drain()
+        self._refund_tokens(estimated_tokens)  # a refused request used no tokens
+        self._drain()
         self.pause(retry_after if retry_after is not None else self.default_pause_s)
         self._shrink(0.5)
 
     def on_error(self, estimated_tokens: int, *, tokens_used: bool) -> None:
-        if self.tokens and not tokens_used:
-            self.tokens.give_back(estimated_tokens)
+        if not tokens_used:
+            self._refund_tokens(estimated_tokens)
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
 
     def read_headers(self, headers: Mapping[str, str]) -> None:
         """Believe the server's `x-ratelimit-remaining-*`; pause until `x-ratelimit-reset-*` at zero."""
-        for kind, bucket in (("requests", self.requests), ("tokens", self.tokens)):
+        for kind in ("requests", "tokens"):
             remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
             if remaining is None:
                 continue
-            if bucket:
-                bucket.clamp(remaining)
+            self._clamp(kind, remaining)
             if remaining <= 0:
                 reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}", ""))
                 self.pause(reset if reset is not None else self.default_pause_s)
 
-    # ---- adaptation ------------------------------------------------------------------------------
-    def _overloaded(self, latency: float) -> bool:
-        if latency <= 0:
-            return False
-        self._samples += 1
-        self._latency = latency if self._latency is None else 0.8 * self._latency + 0.2 * latency
-        # A baseline that creeps up 0.1% per sample forgives a lasting shift (longer answers).
-        creep = self._baseline * 1.001 if self._baseline is not None else self._latency
-        self._baseline = min(creep, self._latency)
-        if self._samples < MIN_LATENCY_SAMPLES:
-            return False
-        rise = self._latency - self._baseline
-        return self._latency > self.latency_factor * self._baseline and rise > LATENCY_MIN_RISE_S
+    # ---- the buckets: the shared limiter mirrors each of these to Redis ----------------------------
+    def _refund_tokens(self, amount: float) -> None:
+        """Positive: tokens reserved but not used come back; negative: tokens used beyond the estimate."""
+        if self.tokens:
+            self.tokens.give_back(amount)
 
+    def _clamp(self, kind: str, remaining: float) -> None:
+        bucket = self.requests if kind == "requests" else self.tokens
+        if bucket:
+            bucket.clamp(remaining)
+
+    def _drain(self) -> None:
+        for bucket in (self.requests, self.tokens):
+            if bucket:
+                bucket.drain()
+
+    # ---- adaptation ------------------------------------------------------------------------------
     def _cooldown(self) -> float:
         # 429s from requests already in flight say nothing new: shrink at most once per round trip.
-        return max(0.5, self._latency or 0.0)
+        return max(0.5, self.latency.round_trip or 0.0)
 
     def _shrink(self, factor: float) -> None:
         now = time.monotonic()
@@ -221,6 +263,23 @@ class Limiter:
         self._last_shrink = now
         self.shrinks += 1
         self.window.resize(self.window.size * factor)
+
+
+def build_limiter(
+    provider: Any,
+    url: str | None = None,
+    shard: tuple[int, int] = (0, 1),
+    log: Callable[[str], None] | None = None,
+) -> Limiter:
+    """The limiter for one provider in one process: shared through Redis when a URL is given (the spec's
+    `[run] limiter`, else $ENGINE_REDIS_URL) and the provider names an account; else in-process."""
+    url = url or os.environ.get(REDIS_URL_ENV) or None
+    account = provider.account() if url else None
+    if account is None:
+        return Limiter.from_config(provider.config)
+    from engine.limiter_redis import SharedLimiter  # imports redis only when asked for
+
+    return SharedLimiter.from_config(provider.config, url=url, account=account, shard=shard, log=log)
 
 
 def _number(value: str | None) -> float | None:

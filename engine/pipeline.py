@@ -408,6 +408,7 @@ class Pipeline:
     def _build_clients(self) -> None:
         """One client per provider the stages to run use; building one reads its key (SpecError if unset)."""
         from engine.client import LLMClient
+        from engine.limiter import build_limiter
         from engine.providers import provider_class
 
         for stage in self._stages():
@@ -416,7 +417,8 @@ class Pipeline:
                 continue
             config = self.loaded.provider_configs[name]
             provider = provider_class(config.kind)(name, config, cache_dir=self.loaded.cache_dir)
-            self.clients[name] = LLMClient(provider, meter=self.meter)
+            limiter = build_limiter(provider, self.loaded.spec.run.limiter, self.shard, log=self.progress.log)
+            self.clients[name] = LLMClient(provider, limiter=limiter, meter=self.meter)
 
     async def _client(self, name: str | None) -> Any:
         """The stage's client. Before the first request of the run, every provider this and the later

@@ -44,6 +44,12 @@ class RunConfig(BaseModel):
     grace_s: float = Field(
         5.0, ge=0, description="after SIGINT/SIGTERM, seconds requests in flight get before being cancelled"
     )
+    limiter: str | None = Field(
+        None,
+        description="redis://HOST:PORT/DB: one rate limit per provider account, shared by every process "
+        "and shard (docs/scale.md); default $ENGINE_REDIS_URL, else each process limits itself",
+        pattern=r"^(redis|rediss|unix)://",
+    )
 
 
 class StageSpec(BaseModel):

@@ -118,6 +118,25 @@ def test_rising_latency_without_429_shrinks_the_window() -> None:
     assert limiter.window.size < 16 and limiter.shrinks >= 1 and limiter.paused_until == 0
 
 
+def test_longer_answers_are_not_read_as_overload() -> None:
+    def answer(tokens: int, latency: float) -> Completion:
+        return Completion("ok", usage=Usage(50, tokens), latency_s=latency)
+
+    longer = Limiter(max_concurrency=16)
+    for _ in range(20):
+        longer.on_success(10, answer(100, 0.5))
+    for _ in range(40):  # answers 4x longer take 4x as long: the server is no busier
+        longer.on_success(10, answer(400, 2.0))
+    assert longer.window.size == 16 and longer.shrinks == 0
+
+    slower = Limiter(max_concurrency=16)  # the control: answers as long as before, 4x slower
+    for _ in range(20):
+        slower.on_success(10, answer(100, 0.5))
+    for _ in range(40):
+        slower.on_success(10, answer(100, 2.0))
+    assert slower.window.size < 16 and slower.shrinks >= 1
+
+
 def test_remaining_headers_clamp_and_pause() -> None:
     async def go() -> Limiter:
         limiter = Limiter(rpm=6000, tpm=600000)

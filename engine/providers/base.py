@@ -55,6 +55,12 @@ class Provider:
         """One cheap request (its answer, for the run's ledger, when there is one); raise
         errors.Fatal(stop_run=True) with a clear message on failure."""
 
+    def account(self) -> str | None:
+        """Who the provider counts rate limits against, as a stable hash (never the key itself): the
+        processes of a shared limiter that name the same account share one limit. None: no account
+        (an in-process model), so each process limits itself."""
+        return None
+
     def estimate_tokens(self, request: ChatRequest) -> int:
         """Prompt tokens plus the max_tokens asked for, before the call (reconciled afterwards)."""
         if request.prompt_ids is not None:  # teacher forcing: the ids are the prompt, one token comes back

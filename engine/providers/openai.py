@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import math
 import os
 import time
@@ -242,6 +243,11 @@ class OpenAIProvider(Provider):
             if len(key) >= 12:  # servers echo masked keys ("sk-abc1...wxyz"): hide the visible ends too
                 text = text.replace(key[:8], "***").replace(key[-4:], "***")
         return text
+
+    def account(self) -> str:
+        # the endpoint and the key: two specs (or runs) with the same key on the same endpoint share a limit
+        blob = f"{self.config.base_url.rstrip('/')}\n{self._key}".encode()
+        return hashlib.sha256(blob).hexdigest()[:32]
 
     async def aclose(self) -> None:
         await self._client.close()
