@@ -276,7 +276,13 @@ def build_limiter(
     url = url or os.environ.get(REDIS_URL_ENV) or None
     account = provider.account() if url else None
     if account is None:
-        return Limiter.from_config(provider.config)
+        config = provider.config
+        if url is None and shard[1] > 1 and (config.rpm or config.tpm) and log is not None:
+            log(
+                f"[yellow]{provider.name}: shard {shard[0] + 1}/{shard[1]} keeps to the whole rpm/tpm on its "
+                "own; a limiter = 'redis://HOST:PORT/DB' in the run table shares them (docs/scale.md)"
+            )
+        return Limiter.from_config(config)
     from engine.limiter_redis import SharedLimiter  # imports redis only when asked for
 
     return SharedLimiter.from_config(provider.config, url=url, account=account, shard=shard, log=log)

@@ -215,7 +215,8 @@ class SharedLimiter(Limiter):
                 socket_connect_timeout=REDIS_TIMEOUT_S,
             )
         except ValueError as exc:
-            raise SpecError(f"limiter URL {self.where!r}: {exc}") from None
+            hint = "set [run] limiter (or $ENGINE_REDIS_URL) to redis://HOST:PORT/DB"
+            raise SpecError(f"limiter URL {self.where!r}: {exc}; {hint}") from None
         self._redis = redis.asyncio.Redis.from_pool(pool)
         self._acquire = self._redis.register_script(ACQUIRE)
         self._feedback = self._redis.register_script(FEEDBACK)
@@ -303,8 +304,9 @@ class SharedLimiter(Limiter):
         now = time.monotonic()
         recent = [(now - sent, member) for sent, member in self._sent if now - sent < self.span_s]
         args: list[Any] = [self.rpm, self.tpm, self.span_s, self._ttl_ms()]
-        for age, member in recent[-max(1, int(self.rpm) or 1) :]:
-            args += [f"{age:.6f}", member]
+        if self.rpm:  # the request cap's log; at most the cap's worth
+            for age, member in recent[-max(1, int(self.rpm)) :]:
+                args += [f"{age:.6f}", member]
         before = await self._call(self._join_script, args)
         if not self._checked_limits:
             self._checked_limits = True
@@ -350,7 +352,7 @@ class SharedLimiter(Limiter):
         limits = ", ".join(
             f"{name} {value / count:g}" for name, value in (("rpm", self.rpm), ("tpm", self.tpm)) if value
         )
-        reason = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+        reason = f"{type(exc).__name__}: {exc}".strip().rstrip(":").replace("[", "\\[")  # not markup
         self._log(
             f"[yellow]shared limiter: Redis at {self.where} does not answer ({reason}); shard {index + 1}/"
             f"{count} keeps to 1/{count} of the account ({limits or 'no rpm/tpm'}) until it does"
@@ -434,4 +436,6 @@ class SharedLimiter(Limiter):
                 task.cancel()
         if self._tasks:  # the last feedback (a pause) still matters to the other shards
             await asyncio.wait(set(self._tasks), timeout=2 * REDIS_TIMEOUT_S)
+            for task in self._tasks:
+                task.cancel()
         await self._redis.aclose()

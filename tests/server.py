@@ -53,6 +53,7 @@ class Behaviour:
 
     latency_s: float = 0.0  # added before each successful answer
     hold: str | None = None  # answers to prompts containing this wait (received, counted) until set to None
+    latency_per_token_s: float = 0.0  # ... plus this per completion token (longer answers take longer)
     fail_prob: dict[int, float] = field(default_factory=dict)  # {status: probability}, e.g. {429: 0.2}
     fail_when: dict[str, int] = field(default_factory=dict)  # {prompt substring: status}, every time
     retry_after: float | None = 1.0  # Retry-After sent with 429s (None: no header)
@@ -286,8 +287,9 @@ class FakeServer:
         limited, remaining = self._admit(prompt_tokens + completion_tokens)
         if limited is not None:
             return self._status(429, limited, "rate limit reached (requests or tokens per minute)")
-        if b.latency_s:  # only answers are slow: refusals (401, 404, 429, 5xx) come back at once
-            await asyncio.sleep(b.latency_s)
+        delay = b.latency_s + b.latency_per_token_s * completion_tokens
+        if delay:  # only answers are slow: refusals (401, 404, 429, 5xx) come back at once
+            await asyncio.sleep(delay)
         while b.hold is not None and b.hold in _prompt_text(body):
             await asyncio.sleep(0.01)
         payload = self._payload(body, text, finish, prompt_tokens, completion_tokens)
