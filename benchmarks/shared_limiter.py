@@ -319,6 +319,7 @@ def shards_section(a: argparse.Namespace, base: Path) -> int:
     for r in results:
         for line in outage_lines(r):
             print(line)
+
     return 0 if all(r.error or r.outcome.endswith(" ok") for r in results) else 1
 
 

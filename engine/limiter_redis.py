@@ -2,10 +2,11 @@
 
 With `[run] limiter = "redis://HOST:PORT/DB"` (or $ENGINE_REDIS_URL) the request and token buckets (the
 same ~1 s burst as the in-process limiter), the per-61-s request cap and the pause after a 429 live in
-Redis, changed only by the two small Lua scripts below, which read the time from Redis (`TIME`): the
-machines' clocks never matter. The adaptive concurrency window stays per process, sized
-max_concurrency / N. A process admits one request at a time through Redis (FIFO within the process),
-so a wait costs one round trip, not one per waiter.
+Redis, changed only by the small Lua scripts below, which read the time from Redis (`TIME`): the
+machines' clocks never matter. A request is booked, not polled for: one script call gives every request
+waiting in a process the time it may go, after every booking made before by any process (so the
+processes queue in one line, and N processes do not stampede at each refill). The adaptive concurrency
+window stays per process, sized max_concurrency / N.
 
 Redis unreachable, or slower than REDIS_TIMEOUT_S: the process falls back to the in-process limiter at
 1/N of the account's limits (never to no limit), says so once, and rejoins when Redis answers again,
@@ -33,98 +34,104 @@ KEY_PREFIX = "engine:limit:"
 MINUTE_SPAN_S = 61.0  # the request cap's span, as in engine/limiter.MinuteCap
 REDIS_TIMEOUT_S = 0.5  # a Redis slower than this counts as gone: the shard limits itself meanwhile
 PROBE_S = 1.0  # while Redis is gone, ask it again this often
-ADMIT_BATCH = 64  # most waiting requests offered to Redis in one call
+ADMIT_BATCH = 64  # most waiting requests booked in one call
 POOL_CONNECTIONS = 8  # a blocking pool: the default one raised MaxConnectionsError under 5000 calls
 IDLE_TTL_S = 120.0  # an account nobody used for this long starts afresh (full buckets)
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 
-# Shared by both scripts: refill the buckets from the stored levels to Redis's own `now`.
-_REFILL = """
+# Shared by both scripts: the stored bucket levels hold at `stamp`, which is now or the start of the latest
+# reservation (in the future while requests are booked ahead); `at` is the later of stamp and Redis's now.
+_LEVELS = """
 local function fmt(x) return string.format('%.6f', x) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local rpm, tpm, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local s = redis.call('HMGET', KEYS[1], 'req', 'tok', 'stamp', 'paused')
-local elapsed = math.max(0, now - (tonumber(s[3]) or now))
+local stamp = tonumber(s[3]) or now
+local at = math.max(now, stamp)
 local paused = tonumber(s[4]) or 0
-local req, tok, req_rate, tok_rate, tok_cap
+local req, tok, req_rate, tok_rate, req_cap, tok_cap
 if rpm > 0 then
   req_rate = rpm / 60
-  local cap = math.max(req_rate * burst, 1)
-  req = math.min(cap, (tonumber(s[1]) or cap) + elapsed * req_rate)
+  req_cap = math.max(req_rate * burst, 1)
+  req = tonumber(s[1]) or req_cap
 end
 if tpm > 0 then
   tok_rate = tpm / 60
   tok_cap = math.max(tok_rate * burst, 1)
-  tok = math.min(tok_cap, (tonumber(s[2]) or tok_cap) + elapsed * tok_rate)
+  tok = tonumber(s[2]) or tok_cap
 end
+local function level(value, rate, cap, time) return math.min(cap, value + (time - stamp) * rate) end
 """
 
 # ARGV: rpm, tpm, burst_s, span_s, member prefix, ttl_ms, then the token estimate of each request waiting,
-# in arrival order (rpm/tpm 0: no limit). Admits the longest prefix of them that fits now; returns
-# {admitted, microseconds until the next one may fit (0 when all were admitted)}.
+# in arrival order (rpm/tpm 0: no limit). Books every one of them at the earliest time the buckets, the
+# request cap and any pause allow, in order after every booking before (of any process), and returns
+# {pause left, delay of each request} in microseconds: a request waits its delay, then goes.
 ACQUIRE = (
-    _REFILL
+    _LEVELS
     + """
 local span, limit = tonumber(ARGV[4]), math.max(1, math.floor(rpm))
-local sent = 0
+local total = 0
 if req then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now - span))
-  sent = redis.call('ZCARD', KEYS[2])
+  total = redis.call('ZCARD', KEYS[2])
 end
-local admitted, wait = 0, paused - now
+local start = math.max(at, paused)
+local delays = {math.ceil(math.max(paused - now, 0) * 1e6)}
 for i = 7, #ARGV do
-  if wait > 0 then break end
   local need = tonumber(ARGV[i])
   if req then
-    if req < 1 then wait = math.max(wait, (1 - req) / req_rate) end
-    if sent >= limit then
-      local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-      wait = math.max(wait, tonumber(oldest[2]) + span - now)
+    local have = level(req, req_rate, req_cap, start)
+    if have < 1 then start = start + (1 - have) / req_rate end
+    if total >= limit then  -- the limit-th newest booking must have left the span
+      local edge = redis.call('ZRANGE', KEYS[2], total - limit, total - limit, 'WITHSCORES')
+      start = math.max(start, tonumber(edge[2]) + span)
     end
   end
   -- a take larger than the bucket waits for a full bucket and leaves it in debt, as in-process
-  if tok and tok < math.min(need, tok_cap) then
-    wait = math.max(wait, (math.min(need, tok_cap) - tok) / tok_rate)
+  if tok then
+    local want, have = math.min(need, tok_cap), level(tok, tok_rate, tok_cap, start)
+    if have < want then start = start + (want - have) / tok_rate end
   end
-  if wait <= 0 then
-    admitted = admitted + 1
-    if req then
-      req = req - 1
-      sent = sent + 1
-      redis.call('ZADD', KEYS[2], fmt(now), ARGV[5] .. admitted)
-    end
-    if tok then tok = tok - need end
-  end
-end
-if admitted > 0 then
-  local fields = {'stamp', fmt(now)}
   if req then
-    table.insert(fields, 'req'); table.insert(fields, fmt(req))
-    redis.call('PEXPIRE', KEYS[2], ARGV[6])
+    req = level(req, req_rate, req_cap, start) - 1
+    redis.call('ZADD', KEYS[2], fmt(start), ARGV[5] .. (i - 6))
+    total = total + 1
   end
-  if tok then table.insert(fields, 'tok'); table.insert(fields, fmt(tok)) end
-  redis.call('HSET', KEYS[1], unpack(fields))
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  if tok then tok = level(tok, tok_rate, tok_cap, start) - need end
+  stamp = start
+  table.insert(delays, math.ceil((start - now) * 1e6))
 end
-return {admitted, math.ceil(math.max(wait, 0) * 1e6)}
+local ttl = tonumber(ARGV[6]) + math.ceil((math.max(stamp, paused) - now) * 1000)
+local fields = {'stamp', fmt(stamp)}
+if req then
+  table.insert(fields, 'req'); table.insert(fields, fmt(req))
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+if tok then table.insert(fields, 'tok'); table.insert(fields, fmt(tok)) end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('PEXPIRE', KEYS[1], ttl)
+return delays
 """
 )
 
 # ARGV: rpm, tpm, burst_s, token refund (negative: a charge), remaining requests, remaining tokens
-# ('' when the server sent none), drain (1/0), pause seconds, ttl_ms.
+# ('' when the server sent none), drain (1/0), pause seconds, ttl_ms. Applied at `at`: while requests are
+# booked ahead, to the levels after the last booking.
 FEEDBACK = (
-    _REFILL
+    _LEVELS
     + """
-local fields = {'stamp', fmt(now)}
+local fields = {'stamp', fmt(at)}
 local left_req, left_tok, drain = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
 if req then
+  req = level(req, req_rate, req_cap, at)
   if left_req then req = math.min(req, left_req) end
   if drain then req = math.min(req, 0) end
   table.insert(fields, 'req'); table.insert(fields, fmt(req))
 end
 if tok then
-  tok = math.min(tok_cap, tok + tonumber(ARGV[4]))
+  tok = math.min(tok_cap, level(tok, tok_rate, tok_cap, at) + tonumber(ARGV[4]))
   if left_tok then tok = math.min(tok, left_tok) end
   if drain then tok = math.min(tok, 0) end
   table.insert(fields, 'tok'); table.insert(fields, fmt(tok))
@@ -135,14 +142,14 @@ if pause > 0 and now + pause > paused then
   table.insert(fields, 'paused'); table.insert(fields, fmt(paused))
 end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[9]), math.ceil((paused - now) * 1000)))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[9]) + math.ceil((math.max(at, paused) - now) * 1000))
 return 0
 """
 )
 
 # ARGV: rpm, tpm, span_s, ttl_ms, then (age seconds, member) pairs: this process's requests of the last
-# span, counted again (ZADD of a member already there only moves it). Returns the limits declared by the
-# process that joined before, so a spec that disagrees hears of it.
+# span, counted again (ZADD of a member already there only moves it; a negative age is a booking ahead).
+# Returns the limits declared by the process that joined before, so a spec that disagrees hears of it.
 JOIN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -150,6 +157,10 @@ local before = redis.call('HMGET', KEYS[1], 'rpm', 'tpm')
 redis.call('HSET', KEYS[1], 'rpm', ARGV[1], 'tpm', ARGV[2])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
 local span = tonumber(ARGV[3])
+if #ARGV >= 5 and redis.call('HEXISTS', KEYS[1], 'stamp') == 0 then
+  -- a Redis that lost its state while we were sending: start from empty buckets, not a fresh burst
+  redis.call('HSET', KEYS[1], 'req', 0, 'tok', 0, 'stamp', string.format('%.6f', now))
+end
 for i = 5, #ARGV, 2 do
   local age = tonumber(ARGV[i])
   if age < span then redis.call('ZADD', KEYS[2], string.format('%.6f', now - age), ARGV[i + 1]) end
@@ -223,11 +234,15 @@ class SharedLimiter(Limiter):
         self._join_script = self._redis.register_script(JOIN)
         self._log = log or (lambda message: None)
         self.shared = True  # False while Redis does not answer
+        self._back = asyncio.Event()  # set while shared: wakes the requests waiting on local buckets
+        self._back.set()
         self._joined = False
         self._checked_limits = False
         self._queue: deque[tuple[int, asyncio.Future]] = deque()  # requests waiting for Redis, in order
         self._admitter: asyncio.Task | None = None
         self._sent: deque[tuple[float, str]] = deque()  # this process's requests: (monotonic, member)
+        self._local_from = 0.0  # after a fall-back: when the in-process buckets take over
+        self._local_fresh = False  # ... from empty
         self._member = f"{secrets.token_hex(6)}:"
         self._serial = itertools.count()
         self._pending: dict[str, Any] | None = None  # feedback not yet sent
@@ -244,21 +259,54 @@ class SharedLimiter(Limiter):
 
     # ---- admission --------------------------------------------------------------------------------
     async def _admit(self, estimated_tokens: int) -> None:
-        if self.shared:
-            admitted = asyncio.get_running_loop().create_future()
-            self._queue.append((estimated_tokens, admitted))
-            if self._admitter is None or self._admitter.done():
-                self._admitter = asyncio.get_running_loop().create_task(self._admit_queue())
-            if await admitted:
+        while True:
+            if self.shared:
+                booked = asyncio.get_running_loop().create_future()
+                self._queue.append((estimated_tokens, booked))
+                if self._admitter is None or self._admitter.done():
+                    self._admitter = asyncio.get_running_loop().create_task(self._book_queue())
+                delay = await booked
+                if delay is not None:
+                    await asyncio.sleep(delay)
+                    # a pause that began meanwhile (after our 429, or one Redis told us of) still holds
+                    while (wait := self.paused_until - time.monotonic()) > 0:
+                        await asyncio.sleep(wait)
+                    return
+            if await self._admit_locally(estimated_tokens):
                 return
-        await super()._admit(estimated_tokens)  # Redis is gone: the in-process buckets at 1/N
-        self._note_sent(self._new_member())
-        if self.shared:  # rejoined while this one waited: count it in Redis before the next admission
-            self._joined = False
 
-    async def _admit_queue(self) -> None:
-        """Admit waiting requests in arrival order, as many per script call as fit: a slow Redis costs
-        latency, not throughput."""
+    async def _admit_locally(self, estimated_tokens: int) -> bool:
+        """The in-process buckets at 1/N while Redis is gone. False when Redis came back first: then
+        the request is booked there, so local waiters never add to the shared rate after a rejoin."""
+        local = asyncio.ensure_future(self._local_take(estimated_tokens))
+        back = asyncio.ensure_future(self._back.wait())
+        try:
+            done, _ = await asyncio.wait({local, back}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            back.cancel()
+            if not local.done():
+                local.cancel()
+        if local not in done or local.cancelled():
+            return False
+        local.result()
+        self._note_sent(time.monotonic(), self._new_member())
+        if self.shared:  # admitted here as Redis came back: count it there before the next booking
+            self._joined = False
+        return True
+
+    async def _local_take(self, estimated_tokens: int) -> None:
+        while (wait := self._local_from - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        if self._local_fresh:
+            self._local_fresh = False
+            for bucket in (self.requests, self.tokens):
+                if bucket:
+                    bucket.drain()
+        await super()._admit(estimated_tokens)
+
+    async def _book_queue(self) -> None:
+        """Book the waiting requests in arrival order, as many per script call as are waiting: each gets
+        the time it may go. No polling: a request costs at most one call, however long it waits."""
         queue = self._queue
         try:
             while queue and self.shared:
@@ -272,30 +320,32 @@ class SharedLimiter(Limiter):
                 try:
                     if not self._joined:
                         await self._join()
-                    admitted, wait_us = await self._call(self._acquire, args + [t for t, _ in batch])
+                    pause_us, *delays_us = await self._call(self._acquire, args + [t for t, _ in batch])
                 except REDIS_ERRORS as exc:
                     self._fall_back(exc)
                     break
-                for n in range(1, admitted + 1):
-                    _, future = queue.popleft()
-                    self._note_sent(f"{prefix}{n}")
-                    if not future.done():
-                        future.set_result(True)
-                if wait_us:
-                    await asyncio.sleep(wait_us / 1e6)
+                now = time.monotonic()
+                if pause_us:  # another process's 429: our requests booked earlier wait for it too
+                    self.paused_until = max(self.paused_until, now + pause_us / 1e6)
+                for n, delay_us in enumerate(delays_us, 1):
+                    _, booked = queue.popleft()
+                    self._note_sent(now + delay_us / 1e6, f"{prefix}{n}")
+                    if not booked.done():
+                        booked.set_result(delay_us / 1e6)
         finally:
             while queue and not self.shared:  # Redis is gone: the in-process buckets take over
-                _, future = queue.popleft()
-                if not future.done():
-                    future.set_result(False)
+                _, booked = queue.popleft()
+                if not booked.done():
+                    booked.set_result(None)
 
     def _new_member(self) -> str:
         return f"{self._member}{next(self._serial)}"
 
-    def _note_sent(self, member: str) -> None:
-        now = time.monotonic()
-        self._sent.append((now, member))
-        while self._sent and self._sent[0][0] <= now - self.span_s:
+    def _note_sent(self, at: float, member: str) -> None:
+        """Remember this process's request going at `at` (booked ahead: in the future), for a fall-back
+        and a rejoin."""
+        self._sent.append((at, member))
+        while self._sent and self._sent[0][0] <= time.monotonic() - self.span_s:
             self._sent.popleft()
 
     async def _join(self) -> None:
@@ -339,13 +389,14 @@ class SharedLimiter(Limiter):
         if not self.shared:
             return
         self.shared = False
+        self._back.clear()
         self._joined = False  # rejoining re-sends this process's requests of the last span
         self.fallbacks += 1
-        # Start from empty buckets (the shared budget was just in use) and a request cap that already
-        # counts this process's own requests of the last span.
-        for bucket in (self.requests, self.tokens):
-            if bucket:
-                bucket.drain()
+        # Requests booked ahead still go at their time; the in-process buckets take over after the last
+        # of them, starting empty (the shared budget was just in use), with a request cap that counts
+        # this process's requests of the last span.
+        self._local_from = max([time.monotonic(), *(sent for sent, _ in self._sent)])
+        self._local_fresh = True
         if self.minute:
             self.minute.seed([sent for sent, _ in self._sent])
         index, count = self.shard
@@ -367,6 +418,7 @@ class SharedLimiter(Limiter):
             except REDIS_ERRORS:
                 continue
             self.shared = True
+            self._back.set()  # requests waiting on the in-process buckets are booked in Redis instead
             self.rejoins += 1
             index, count = self.shard
             back = f"Redis at {self.where} answers again; shard {index + 1}/{count} rejoins"

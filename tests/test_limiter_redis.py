@@ -176,28 +176,43 @@ def test_a_bad_limiter_url_is_one_line(tmp_path: Path) -> None:
 def test_redis_gone_falls_back_to_a_share_then_rejoins(redis_server: RedisServer) -> None:
     log: list[str] = []
 
-    async def go() -> tuple[float, float, int]:
-        limiter = shared(redis_server, (0, 2), log, rpm=1200)  # alone: 20/s shared, 10/s as a fallback
+    async def go() -> tuple[list[float], float, float, int]:
+        # alone: 20/s shared, 10/s as a fallback; 32 in flight, so up to 1.6 s are booked ahead
+        limiter = shared(redis_server, (0, 2), log, rpm=1200, max_concurrency=64)
         stamps: list[float] = []
-        await take_many(limiter, 25, stamps)  # the shared burst (20), then 20/s
+        stop = asyncio.Event()
+
+        async def keep_sending() -> None:
+            while not stop.is_set():
+                await take_many(limiter, 1, stamps)
+
+        workers = [asyncio.create_task(keep_sending()) for _ in range(40)]
+        await asyncio.sleep(2.0)
         redis_server.kill()
-        local: list[float] = []
-        await take_many(limiter, 20, local)
+        killed = time.monotonic()
+        await asyncio.sleep(4.0)
         assert not limiter.shared and limiter.fallbacks == 1
         redis_server.start()  # a fresh Redis on the same port: it has lost every count
-        deadline = time.monotonic() + 5
-        while not limiter.shared and time.monotonic() < deadline:
-            await take_many(limiter, 1, local)
+        restarted = time.monotonic()
+        await asyncio.sleep(3.0)
+        stop.set()
+        await asyncio.gather(*workers)
         replayed = redis.Redis.from_url(redis_server.url).zcard(limiter.keys[1])
+        assert limiter.shared and limiter.rejoins == 1
         await limiter.aclose()
-        return local[19] - local[0], most_in_window(local, 1.0), replayed
+        return stamps, killed, restarted, replayed
 
-    local_span, local_peak, replayed = asyncio.run(go())
-    # never fail-open: after the fall-back the shard keeps to half the limit, from empty buckets
-    assert local_span >= 19 / 10 * 0.9 and local_peak <= 11
+    stamps, killed, restarted, replayed = asyncio.run(go())
+    alone = [t for t in stamps if killed + 2.0 < t < restarted]  # past the requests booked ahead
+    back = [t for t in stamps if t > restarted]
+    # never fail-open: what was booked ahead goes, then the shard keeps to half the limit
+    assert most_in_window([t for t in stamps if t > killed], 1.0) <= 20 + 1
+    assert 10 * 0.8 <= len(alone) / (restarted - killed - 2.0) <= 10 * 1.1
+    # rejoined: the whole limit again, without the burst of a fresh bucket on top of the local requests
+    assert most_in_window(back, 1.0) <= 20 + 2 and len(back) >= 20 * 2
     assert len([m for m in log if "does not answer" in m]) == 1
     assert len([m for m in log if "answers again" in m]) == 1
-    assert replayed >= 40  # its own requests of the last minute are counted again by the new Redis
+    assert replayed >= 80  # its own requests of the last minute are counted again by the new Redis
 
 
 def test_a_frozen_redis_counts_as_gone(redis_server: RedisServer) -> None:
