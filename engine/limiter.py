@@ -151,7 +151,7 @@ class Window:
         except asyncio.CancelledError:
             if slot.done() and not slot.cancelled():  # woken, then cancelled: hand the slot on
                 self.in_flight -= 1
-            else:
+            elif slot in self._waiters:  # (a wake may have dropped it already)
                 self._waiters.remove(slot)
             self._wake()
             raise

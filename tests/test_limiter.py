@@ -108,6 +108,22 @@ def test_window_caps_concurrency_and_resizes_while_waiting() -> None:
     assert asyncio.run(go()) == (4, 2)
 
 
+def test_window_waiters_cancelled_never_leak_a_slot() -> None:
+    async def go() -> tuple[int, int]:
+        window = Window(2)
+        await window.acquire()
+        await window.acquire()
+        waiting = [asyncio.create_task(window.acquire()) for _ in range(3)]
+        await asyncio.sleep(0)
+        waiting[0].cancel()  # cancelled while queued
+        await window.release()  # wakes waiting[1]...
+        waiting[1].cancel()  # ...which is cancelled before it runs: its slot goes to waiting[2]
+        await asyncio.gather(*waiting, return_exceptions=True)
+        return window.in_flight, sum(t.cancelled() for t in waiting)
+
+    assert asyncio.run(go()) == (2, 2)
+
+
 def test_rising_latency_without_429_shrinks_the_window() -> None:
     limiter = Limiter(max_concurrency=16)
     for _ in range(20):
