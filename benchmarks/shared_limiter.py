@@ -420,10 +420,16 @@ def one_process(
 
 
 def latency_section(a: argparse.Namespace, base: Path) -> int:
+    """Answers of 100 tokens at latency/100 s per token, as a provider decodes them; the preflight's
+    1-token answer comes back at once, as it does from a real provider."""
     latency, concurrency, records = a.latency, a.in_flight, a.latency_records
-    server = FakeServer(latency_s=latency, keep_bodies=False).start()
+
+    def answer(body: dict) -> str:
+        return "x" * 400 if NUMBER.search(last_user_text(body)) else "pong"
+
+    server = FakeServer(latency_per_token_s=latency / 100, answer=answer, keep_bodies=False).start()
     try:
-        r = one_process(base / "latency", server, ROOT, records, concurrency)
+        r = one_process(base / "latency", server, ROOT, records, concurrency, lambda i: "x" * 400)
     finally:
         server.stop()
     physical = concurrency / latency
