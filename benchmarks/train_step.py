@@ -81,7 +81,7 @@ def run_child(model: str, variant: str, steps: int) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from trainers.data import Formatter, read_sources
+    from trainers.data import examples, read_sources
     from trainers.sft import build_sft_trainer
     from trainers.spec import load_spec
 
@@ -89,12 +89,12 @@ def run_child(model: str, variant: str, steps: int) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="bench-train-"))
     spec = load_spec(write_spec(folder, base_path(model, folder), steps))
     records = read_sources(spec, spec.data.train, "data.train")
-    examples = Formatter.from_spec(spec).examples((records * 4)[: 4 * steps], "joint")
+    train_rows = examples(spec.prompt_format(), (records * 4)[: 4 * steps], "joint")
     marks: list[tuple[float, float, int]] = []
     if variant == "trl":
-        trainer = bare_trl_trainer(spec, examples, folder / "out")
+        trainer = bare_trl_trainer(spec, train_rows, folder / "out")
     else:
-        trainer = build_sft_trainer(spec, "joint", examples, [], folder / "out")
+        trainer = build_sft_trainer(spec, "joint", train_rows, [], folder / "out")
 
     if variant == "loop":
         model_ = trainer.model

@@ -300,8 +300,8 @@ class Pipeline:
     ) -> None:
         calls: list[Completion] = []
 
-        async def llm(request: ChatRequest) -> Completion:
-            completion = await client(request)
+        async def llm(request: ChatRequest, provider: str | None = None) -> Completion:
+            completion = await (await self._client(provider) if provider else client)(request)
             calls.append(completion)
             return completion
 
@@ -411,14 +411,19 @@ class Pipeline:
         from engine.limiter import build_limiter
         from engine.providers import provider_class
 
-        for stage in self._stages():
-            name = stage.provider
-            if name is None or name in self.clients:
+        for name in dict.fromkeys(n for stage in self._stages() for n in self._providers(stage)):
+            if name in self.clients:
                 continue
             config = self.loaded.provider_configs[name]
             provider = provider_class(config.kind)(name, config, cache_dir=self.loaded.cache_dir)
             limiter = build_limiter(provider, self.loaded.spec.run.limiter, self.shard, log=self.progress.log)
             self.clients[name] = LLMClient(provider, limiter=limiter, meter=self.meter)
+
+    def _providers(self, stage: StageSpec) -> list[str]:
+        """The providers a stage asks: its own, then those its generator names (a split prediction's
+        reasons model)."""
+        names = [stage.provider, *self.loaded.generators[stage.name].extra_providers()]
+        return [n for n in names if n]
 
     async def _client(self, name: str | None) -> Any:
         """The stage's client. Before the first request of the run, every provider this and the later
@@ -428,7 +433,9 @@ class Pipeline:
         if name not in self._ready:
             stages = self._stages()
             later = stages[stages.index(self._current) :] if self._current in stages else stages
-            names = [n for n in dict.fromkeys(s.provider for s in later) if n and n not in self._ready]
+            names = [
+                n for n in dict.fromkeys(n for s in later for n in self._providers(s)) if n not in self._ready
+            ]
             self._preflights = [asyncio.create_task(self.clients[n].preflight()) for n in names]
             try:
                 results = await asyncio.gather(*self._preflights, return_exceptions=True)

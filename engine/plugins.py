@@ -1,5 +1,5 @@
-"""The commands that live beside the engine (eval, train, distill, import, select, view), and what a missing
-dependency says: a command never vanishes from `engine --help`; without its package it answers
+"""The commands that live beside the engine (eval, train, distill, import, select, view, demos), and what
+a missing dependency says: a command never vanishes from `engine --help`; without its package it answers
 "install X for `engine Y`"."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ PLUGINS = [
     ("trainers.first.cli", "add_distill_commands", ("distill",)),
     ("sources.cli", "add_commands", ("import", "select")),
     ("viewer.cli", "add_view_command", ("view",)),
+    ("generators.medical.demos", "add_demos_command", ("demos",)),
 ]
 OUR_PACKAGES = {"engine", "generators", "filters", "trainers", "evals", "sources", "viewer"}
 # import name -> what to install, where they differ (requirements-extra.txt explains the --no-deps)

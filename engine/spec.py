@@ -194,6 +194,7 @@ def _build(spec: Spec, path: Path, err: SpecErrors) -> tuple[dict[str, Any], dic
             raise err.from_validation(exc, prefix=where, fields=fields) from None
         try:
             generators[stage.name] = cls(config, stage=stage, base_dir=path.parent, seed=spec.run.seed)
+            generators[stage.name].check_providers(configs)
         except (ValueError, OSError) as exc:
             raise err.at(where, str(exc)) from None
         _check_filters(stage, i, path, err)

@@ -6,15 +6,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from filters.format import NUMBER_MARK, strip_numbering
+
 # Full-width ASCII (U+FF01..U+FF5E) maps onto ASCII by a fixed offset; U+3000 is the ideographic space.
 _FULLWIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
 
-# A list number at the start of an item: `1. `, `1、`, `1）`, `(1)`, `（1）`, `①`. The dot must not be
-# followed by a digit, so that `36.7℃` or `2023.7.2` is never taken for a number.
-_NUMBER = r"(?:\d{1,2}(?:[.．](?!\d)|[、)）])|[(（]\d{1,2}[)）]|[①-⑳])"
-_LEADING_NUMBER = re.compile(rf"^\s*{_NUMBER}\s*")
+# List numbers follow the one rule of filters/format.py (`1.` `2、` `(3)` `④` `一、` ...; never `36.7℃`).
+_LEADING_NUMBER = re.compile(rf"^\s*{NUMBER_MARK}\s*")
 # Where a new numbered point starts inside one line: at the start, or after a point terminator.
-_POINT_START = re.compile(rf"(?<=[；;。])\s*(?={_NUMBER})")
+_POINT_START = re.compile(rf"(?<=[；;。])\s*(?={NUMBER_MARK})")
 _DISEASE_SEPARATORS = set("；;、,，|\n")
 _POINT_TERMINATORS = "；;。.，,、 \t"
 _QUALIFIER = re.compile(r"[(（][^()（）]*[)）]|[\[【][^\[\]【】]*[\]】]")
@@ -27,11 +27,6 @@ LITERAL_NEWLINE = "\\n"
 def to_halfwidth(text: str) -> str:
     """Full-width Latin letters, digits and punctuation (`（１级）`, `；`) to their ASCII forms."""
     return text.translate(_FULLWIDTH)
-
-
-def strip_numbering(item: str) -> str:
-    """Drop a leading list number (`1. `, `2、`, `(3)`, `④`) and surrounding spaces."""
-    return _LEADING_NUMBER.sub("", item, count=1).strip()
 
 
 def strip_terminator(item: str) -> str:
@@ -106,6 +101,12 @@ def normalize_disease(name: str, *, drop_qualifiers: bool = True) -> str:
     if drop_qualifiers:
         text = remove_qualifiers(text) or text
     return text
+
+
+def same_diseases(a: list[str], b: list[str]) -> bool:
+    """Equal as sets of normalised names (numbering, width, qualifiers and order do not count): the one
+    rule for "the same diagnosis" (two-stage corrections, preference pairs, DPO pair agreement)."""
+    return {normalize_disease(x) for x in a} == {normalize_disease(x) for x in b}
 
 
 def normalize_point(point: str) -> str:

@@ -18,9 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from filters.base import Filter, FilterConfig, FilterResult, register
 from filters.records import get_path
 
-_MARK = r"(?:[(（]?\d{1,2}[)）]|\d{1,2}[.．、:：](?!\d)|[①-⑳⑴-⒇]|[一二三四五六七八九十]{1,3}[、.．])"
-_NUMBERING_RE = re.compile(rf"^\s*(?:{_MARK}|[-*•·])\s*")
-_INNER_MARK_RE = re.compile(rf"(?:^|(?<=[\s；;。]))(?={_MARK})")  # a numbered point starting mid-string
+# A list number: `1.` `2、` `3)` `(4)` `（5）` `6:` `⑦` `⑴` `一、`. A dot or colon must not be followed by a
+# digit, so that `36.7℃` or `2023.7.2` is never taken for a number. The one rule for list numbers: the
+# evals' normalisation (and through it the task's answer parser) imports it from here.
+NUMBER_MARK = r"(?:[(（]?\d{1,2}[)）]|\d{1,2}[.．、:：](?!\d)|[①-⑳⑴-⒇]|[一二三四五六七八九十]{1,3}[、.．])"
+_NUMBERING_RE = re.compile(rf"^\s*(?:{NUMBER_MARK}|[-*•·])\s*")
+_INNER_MARK_RE = re.compile(rf"(?:^|(?<=[\s；;。]))(?={NUMBER_MARK})")  # a numbered point starting mid-string
 _NAME_SPLIT_RE = re.compile(r"[；;|、\n]+")
 _TRAILING = "；;。.，,、：: \t\r\n"
 _NAME_INNER_PUNCT = re.compile(r"[，,。；;！!？?：:\n]")
@@ -29,14 +32,18 @@ Style = Literal["name", "point"]
 
 
 def strip_numbering(text: str) -> str:
-    """`1. 肺炎` / `①肺炎` / `（2）肺炎` / `一、肺炎` -> `肺炎` (also drops trailing separators)."""
-    return _NUMBERING_RE.sub("", text, count=1).strip().rstrip(_TRAILING).strip()
+    """`1. 肺炎` / `①肺炎` / `（2）肺炎` / `一、肺炎` / `- 肺炎` -> `肺炎`: a leading list mark and spaces."""
+    return _NUMBERING_RE.sub("", text, count=1).strip()
+
+
+def _clean_item(text: str) -> str:
+    return strip_numbering(text).rstrip(_TRAILING).strip()
 
 
 def _split_string(text: str, style: Style) -> list[str]:
     pieces = _NAME_SPLIT_RE.split(text) if style == "name" else text.splitlines()
     chunks = [chunk for piece in pieces for chunk in _INNER_MARK_RE.split(piece)]
-    items = [strip_numbering(chunk) for chunk in chunks]
+    items = [_clean_item(chunk) for chunk in chunks]
     return [item for item in items if item]
 
 

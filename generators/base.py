@@ -16,9 +16,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from engine.types import ChatRequest, Completion, Record, WorkItem
+from engine.types import Completion, Record, WorkItem
 
-LLM = Callable[[ChatRequest], Awaitable[Completion]]
+# `llm(request)` asks the stage's provider; `llm(request, provider=NAME)` another declared provider (one
+# the generator checked in `check_providers`), e.g. the second model of a two-model prediction.
+LLM = Callable[..., Awaitable[Completion]]
 
 
 class GeneratorConfig(BaseModel):
@@ -42,6 +44,15 @@ class Generator:
 
     def check(self, record: Record) -> None:
         """Raise SpecError when the first input record lacks a field this generator needs."""
+
+    def check_providers(self, providers: dict[str, Any]) -> None:
+        """Called once the spec is loaded, with every declared provider's validated config: a generator
+        that calls further providers checks their names here (ValueError refuses the spec)."""
+
+    def extra_providers(self) -> list[str]:
+        """The declared providers this stage asks besides its own (`llm(request, provider=NAME)`): the run
+        builds and preflights their clients with the stage's own, before the first request."""
+        return []
 
     def work(self, record: Record) -> Iterable[WorkItem]:
         """Work items for one input record (default: `stage.samples` samples of it)."""

@@ -10,7 +10,7 @@ from typing import Any
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from trainers.data import Formatter, read_sources
+from trainers.data import examples, read_sources
 from trainers.fit import fit, trl_config
 from trainers.modeling import base_folder, load_for_training, load_tokenizer
 from trainers.spec import TrainSpec
@@ -24,15 +24,25 @@ class EchoConfig(SFTConfig):
     shout: bool = field(default=False, metadata={"help": "a key only this method has"})
 
 
+def echo_rows(spec: TrainSpec) -> list[dict[str, Any]]:
+    """What `train_echo` learns from, as `--dump-examples` writes it."""
+    records = read_sources(spec, spec.data.train, "data.train")
+    return [{"id": r["id"], **e} for r, e in zip(records, echo_examples(spec, records), strict=True)]
+
+
+def echo_examples(spec: TrainSpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return examples(spec.prompt_format(), records, "joint")
+
+
 def train_echo(spec: TrainSpec) -> list[dict[str, Any]]:
-    examples = Formatter.from_spec(spec).examples(read_sources(spec, spec.data.train, "data.train"), "joint")
+    rows = echo_examples(spec, read_sources(spec, spec.data.train, "data.train"))
     model, peft_config = load_for_training(spec, None)
     out = Path(spec.echo.output_dir)
     trainer = SFTTrainer(
         model=model,
         args=trl_config(spec, "echo", out),
-        train_dataset=Dataset.from_list(examples),
+        train_dataset=Dataset.from_list(rows),
         processing_class=load_tokenizer(base_folder(spec)),
         peft_config=peft_config,
     )
-    return [fit(trainer, out, spec, [], kind="echo", given=len(examples), shout=trainer.args.shout)]
+    return [fit(trainer, out, spec, [], kind="echo", given=len(rows), shout=trainer.args.shout)]

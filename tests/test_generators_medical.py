@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
+from engine.errors import SpecError
 from engine.spec import load_spec
 from generators.medical.prompts import DemoPool
 from tests.engine_helpers import ROOT, engine, outcomes
@@ -336,15 +338,25 @@ def test_an_unlabelled_demo_pool_stops_before_any_request(tmp_path: Path, fake_s
     assert fake_server.requests == 0
 
 
-def test_predict_can_ask_in_the_students_training_format(tmp_path: Path) -> None:
-    prompts = ROOT / "trainers" / "prompts"
-    stages = PREDICT.format(mode="joint") + (
-        f'demos = "medical_demos.jsonl"\nk = 2\nsystem_file = "{prompts / "system.txt"}"\n'
-        f'prompt_file = "{prompts / "joint.txt"}"\ndemo_file = "{prompts / "demo.txt"}"\n'
+def test_a_stage_prompts_dir_replaces_the_built_in_files_it_holds(tmp_path: Path) -> None:
+    prompts = ROOT / "tests" / "data" / "train_prompts"
+    stages = (
+        PREDICT.format(mode="joint") + f'demos = "medical_demos.jsonl"\nk = 2\nprompts_dir = "{prompts}"\n'
     )
     loaded = load_spec(medical_spec(tmp_path, "http://127.0.0.1:9/v1", stages))
     gen = loaded.generators["predict"]
-    system, user = gen.messages(CASES[0], gen.fields())
+    system, user = gen.messages(CASES[0])
     assert system["content"] == (prompts / "system.txt").read_text(encoding="utf-8").strip()
-    assert user["content"].rstrip().endswith(CASES[0]["feature_content"])  # {input} is the record
-    assert user["content"].count("示例病历：") == 2 and "{" + "input}" not in user["content"]
+    assert user["content"].rstrip().endswith(CASES[0]["feature_content"])  # {feature_content} is the record
+    assert user["content"].count("例：") == 2 and "{" not in user["content"].replace('{"', "")
+    (tmp_path / "typo").mkdir()
+    (tmp_path / "typo" / "joint_prompt.txt").write_text("x")
+    bad = PREDICT.format(mode="joint") + 'prompts_dir = "typo"\n'
+    with pytest.raises(
+        SpecError, match=r"joint_prompt.txt: unknown prompt file \(known: system.txt, joint.txt"
+    ):
+        load_spec(
+            medical_spec(
+                tmp_path / "bad", "http://127.0.0.1:9/v1", bad.replace('"typo"', f'"{tmp_path / "typo"}"')
+            )
+        )

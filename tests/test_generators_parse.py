@@ -111,7 +111,7 @@ def test_render_record_writes_every_line_in_order_even_empty_ones() -> None:
 
 
 def test_fill_leaves_json_braces_and_never_refills_inserted_text() -> None:
-    template = '{demos}格式：{"reason": [...]}\n病历：{feature_content}\n已知：{label}'
+    template = '{demos}格式：{"reason": [...]}\n病历：{feature_content}\n已知：{diseases}'
     out = fill(template, demos="", feature_content="主诉: {diseases}", diseases="肺炎")
     assert out == '格式：{"reason": [...]}\n病历：主诉: {diseases}\n已知：肺炎'
 

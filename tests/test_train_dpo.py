@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from tests.train_helpers import FAST, records, tiny_model, write_spec
-from trainers.data import Formatter
 from trainers.dpo import build_dpo_trainer, train_dpo
 from trainers.fit import check_lengths, fit
 from trainers.pairs import build_pairs
@@ -38,7 +37,7 @@ def student_records() -> list[dict]:
 def test_dpo_starts_from_the_sft_adapter_as_reference_and_the_margin_rises(tmp_path, sft_adapter):
     body = f"[dpo]\ninit_adapter = '{sft_adapter}'\nmax_steps = 4\nlearning_rate = 2e-2\nsave_steps = 4\n"
     spec = load_spec(write_spec(tmp_path, body + FAST), ["per_device_train_batch_size=2"], command="dpo")
-    pairs = build_pairs(records(), student_records(), Formatter.from_spec(spec))
+    pairs = build_pairs(records(), student_records(), spec.prompt_format())
     assert len(pairs) == 8
     pairs = pairs[:4]  # two batches of two, seen twice
     trainer = build_dpo_trainer(spec, pairs, pairs, tmp_path / "out")
@@ -85,7 +84,7 @@ def test_train_dpo_reads_preference_stage_records_and_writes_pairs(tmp_path, sft
 def test_max_length_cuts_of_chosen_or_rejected_answers_are_counted(tmp_path, sft_adapter):
     body = f"[dpo]\ninit_adapter = '{sft_adapter}'\nmax_steps = 1\n" + FAST
     spec = load_spec(write_spec(tmp_path, body), ["max_length=200"], command="dpo")
-    pairs = build_pairs(records(), student_records(), Formatter.from_spec(spec))
+    pairs = build_pairs(records(), student_records(), spec.prompt_format())
     trainer = build_dpo_trainer(spec, pairs, [], tmp_path / "out")
     tok = trainer.processing_class
     lengths = [

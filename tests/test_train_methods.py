@@ -16,9 +16,13 @@ from trainers.spec import load_spec, spec_model
 
 @pytest.fixture
 def echo(monkeypatch):
-    monkeypatch.setitem(
-        METHODS, "echo", Method("tests.echo_method:EchoConfig", "tests.echo_method:train_echo", "made up")
+    echo_method = Method(
+        config="tests.echo_method:EchoConfig",
+        train="tests.echo_method:train_echo",
+        rows="tests.echo_method:echo_rows",
+        help="made up",
     )
+    monkeypatch.setitem(METHODS, "echo", echo_method)
     spec_model.cache_clear()
     yield
     spec_model.cache_clear()  # rebuilt without it once the registration is undone
@@ -42,6 +46,9 @@ def test_a_registered_method_trains_through_the_cli_and_the_shared_path(echo, tm
     summary = json.loads((tmp_path / "out" / "echo" / "summary.json").read_text())
     assert summary["kind"] == "echo" and summary["shout"] is True and summary["steps"] == 1
     assert (tmp_path / "out" / "echo" / "loss.png").is_file() and "echo: 1 steps" in capsys.readouterr().out
+    assert train_main(["echo", str(spec), "--dump-examples", str(tmp_path / "rows.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and rows[0]["id"] == 1 and rows[0]["completion"][0]["role"] == "assistant"
 
 
 def test_without_the_registration_the_table_is_unknown(tmp_path):

@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engine.errors import SpecError
+from generators.medical.format import FORMAT_FILE
 from tests.train_helpers import FAST, TEST_SET, logits, records, tiny_model, write_spec
-from trainers.data import Formatter
+from trainers.data import examples
 from trainers.fit import check_lengths
 from trainers.merge import merge_adapter
 from trainers.modeling import load_adapter
@@ -62,6 +63,8 @@ def test_summary_and_loss_curve_are_written_next_to_the_adapter(joint):
     assert saved["records"] == {"train": 6, "validation": 2}
     assert saved["peak_memory_mb"]["process_rss"] > 0 and saved["train_runtime_s"] > 0
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    # the prompt format the adapter learnt, for a predict stage's `format_from`
+    assert json.loads((out / FORMAT_FILE).read_text()) == spec.prompt_format().to_dict(["joint"])
 
 
 def test_every_checkpoint_is_scored_and_the_best_reported(joint):
@@ -85,7 +88,7 @@ def test_a_bad_hook_fails_before_training(tmp_path):
 
 def test_only_completion_tokens_carry_loss(tmp_path):
     spec = load_spec(write_spec(tmp_path, "[sft]\nmax_steps = 1\n" + FAST))
-    fmt = Formatter.from_spec(spec)
+    fmt = spec.prompt_format()
     record = {"id": 1, "feature_content": "性别: 男\n主诉: 发热", "diseases": ["感冒"], "reason": ["发热"]}
     example = fmt.example(record, "joint")
     trainer = build_sft_trainer(spec, "joint", [example], [], tmp_path / "out")
@@ -103,8 +106,8 @@ def test_only_completion_tokens_carry_loss(tmp_path):
 
 def test_adapter_saves_reloads_and_gives_the_same_logits(tmp_path):
     spec = load_spec(write_spec(tmp_path, "[sft]\nmax_steps = 1\nlearning_rate = 3e-2\n" + FAST))
-    fmt = Formatter.from_spec(spec)
-    trainer = build_sft_trainer(spec, "joint", fmt.examples(records()[:4], "joint"), [], tmp_path / "out")
+    rows = examples(spec.prompt_format(), records()[:4], "joint")
+    trainer = build_sft_trainer(spec, "joint", rows, [], tmp_path / "out")
     trainer.train()
     trainer.save_model(str(tmp_path / "adapter"))
     tok = trainer.processing_class
@@ -153,6 +156,7 @@ def test_merge_gives_the_logits_of_base_plus_adapter(joint, tmp_path):
     merged = merge_adapter(adapter, tmp_path / "merged")
     tok = AutoTokenizer.from_pretrained(merged)
     assert (merged / "config.json").is_file() and not (merged / "adapter_config.json").exists()
+    assert (merged / FORMAT_FILE).read_bytes() == (adapter / FORMAT_FILE).read_bytes()
     expected = logits(load_adapter(tiny_model(), adapter), tok)
     got = logits(AutoModelForCausalLM.from_pretrained(merged), tok)
     assert torch.allclose(expected, got, atol=1e-4)
@@ -173,17 +177,17 @@ def full_lengths(tokenizer, examples, answer: str = "completion") -> list[int]:
 
 def test_max_length_cuts_are_counted_and_warned_once_with_the_numbers(tmp_path, caplog):
     spec = load_spec(write_spec(tmp_path, "[sft]\nmax_steps = 1\n" + FAST), ["max_length=135"])
-    examples = Formatter.from_spec(spec).examples(records(), "joint")
-    trainer = build_sft_trainer(spec, "joint", examples, examples[:2], tmp_path / "out")
-    lengths = full_lengths(trainer.processing_class, examples)
+    rows = examples(spec.prompt_format(), records(), "joint")
+    trainer = build_sft_trainer(spec, "joint", rows, rows[:2], tmp_path / "out")
+    lengths = full_lengths(trainer.processing_class, rows)
     prompts = [len(p) for p in (trainer.processing_class.apply_chat_template(e["prompt"], tokenize=True,
-               return_dict=True, add_generation_prompt=True)["input_ids"] for e in examples)]  # fmt: skip
+               return_dict=True, add_generation_prompt=True)["input_ids"] for e in rows)]  # fmt: skip
     dropped = sum(p >= 135 for p in prompts)
-    assert 0 < dropped < len(examples) and sum(n > 135 for n in lengths) > dropped  # both kinds of cut
+    assert 0 < dropped < len(rows) and sum(n > 135 for n in lengths) > dropped  # both kinds of cut
     with caplog.at_level(logging.WARNING, logger="trainers"):
-        report = check_lengths(spec, "sft", trainer, len(examples), 2)
+        report = check_lengths(spec, "sft", trainer, len(rows), 2)
     assert report["train"] == {
-        "examples": len(examples),
+        "examples": len(rows),
         "cut": sum(n > 135 for n in lengths),
         "dropped": dropped,
         "longest": max(n for n, p in zip(lengths, prompts, strict=True) if p < 135),
@@ -199,8 +203,8 @@ def test_max_length_cuts_are_counted_and_warned_once_with_the_numbers(tmp_path, 
 
 def test_a_max_length_that_leaves_no_example_stops_naming_the_key(tmp_path):
     spec = load_spec(write_spec(tmp_path, "[sft]\nmax_steps = 1\n" + FAST), ["max_length=100"])
-    examples = Formatter.from_spec(spec).examples(records(), "joint")
-    trainer = build_sft_trainer(spec, "joint", examples, [], tmp_path / "out")
+    rows = examples(spec.prompt_format(), records(), "joint")
+    trainer = build_sft_trainer(spec, "joint", rows, [], tmp_path / "out")
     expected = r"--set max_length=100: sft.max_length: every training prompt is longer than max_length=100"
     with pytest.raises(SpecError, match=expected):
-        check_lengths(spec, "sft", trainer, len(examples))
+        check_lengths(spec, "sft", trainer, len(rows))

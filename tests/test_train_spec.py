@@ -9,9 +9,10 @@ import orjson
 import pytest
 
 from engine.errors import SpecError
+from generators.medical.format import PromptFormat
 from tests.train_helpers import RECORDS, TEST_SET, records
 from trainers.cli import main as train_main
-from trainers.data import Formatter, export_dpo, export_sft, read_jsonl, read_sources
+from trainers.data import examples, export_dpo, export_sft, read_jsonl, read_sources
 from trainers.fit import trl_config
 from trainers.guard import check_test_overlap
 from trainers.pairs import build_pairs
@@ -134,8 +135,8 @@ def test_cli_reports_bad_spec_on_one_line(tmp_path, capsys):
     assert err == f"error: {path}:2: sft.max_stepz: unknown key (did you mean 'max_steps'?)"
 
 
-def formatter(tmp_path, text: str = "") -> Formatter:
-    return Formatter.from_spec(load_spec(spec_file(tmp_path, text)))
+def formatter(tmp_path, text: str = "") -> PromptFormat:
+    return load_spec(spec_file(tmp_path, text)).prompt_format()
 
 
 def test_joint_example_is_conversational_prompt_completion_with_reason_first(tmp_path):
@@ -149,31 +150,37 @@ def test_joint_example_is_conversational_prompt_completion_with_reason_first(tmp
     assert answer == {"reason": record["reason"], "diseases": record["diseases"]}
 
 
-def test_answer_order_and_field_names_are_options(tmp_path):
-    record = {"id": 1, "text": "病历", "dx": ["感冒"], "why": ["咳嗽"]}
-    fmt = formatter(
-        tmp_path,
-        "[data]\nreason_first = false\ninput_field = 'text'\nlabel_field = 'dx'\nreason_field = 'why'\n",
-    )
-    assert list(json.loads(fmt.answer(record, "joint"))) == ["dx", "why"]
-    assert json.loads(fmt.answer(record, "diseases")) == {"dx": ["感冒"]}
-    assert json.loads(fmt.answer(record, "reasons")) == {"why": ["咳嗽"]}
-    assert "感冒" in fmt.prompt(record, "reasons")[1]["content"]
-    assert "病历" in fmt.prompt(record, "joint")[1]["content"]
+def test_answer_order_is_an_option_and_the_reasons_task_shows_the_diseases(tmp_path):
+    record = {"id": 1, "feature_content": "病历", "diseases": ["感冒"], "reason": ["咳嗽"]}
+    fmt = formatter(tmp_path, "[data]\nreason_first = false\n")
+    assert list(json.loads(fmt.answer(record, "joint"))) == ["diseases", "reason"]
+    assert json.loads(fmt.answer(record, "diseases")) == {"diseases": ["感冒"]}
+    assert json.loads(fmt.answer(record, "reasons")) == {"reason": ["咳嗽"]}
+    assert "感冒" in fmt.messages(record, "reasons")[1]["content"]
+    assert "病历" in fmt.messages(record, "joint")[1]["content"]
+
+
+def test_an_official_string_label_is_trained_as_a_list(tmp_path):
+    official = {"diseases": "1. 感冒；2. 咽炎", "reason": "1. 咳嗽；\\n2. 发热"}
+    record = {"id": 1, "feature_content": "病历", **official}
+    assert json.loads(formatter(tmp_path).answer(record, "joint")) == {
+        "reason": ["咳嗽", "发热"],
+        "diseases": ["感冒", "咽炎"],
+    }
 
 
 def test_demos_appear_in_the_prompt_but_never_the_record_itself(tmp_path):
-    fmt = formatter(tmp_path, f'[data]\ndemos = "{RECORDS}"\nnum_demos = 2\n')
+    fmt = formatter(tmp_path, f'[data]\ndemos = "{RECORDS}"\nk = 2\ndemo_choice = "first"\n')
     first, second, third = records()[:3]
-    user = fmt.prompt(third, "joint")[1]["content"]
+    user = fmt.messages(third, "joint")[1]["content"]
     assert first["feature_content"] in user and second["feature_content"] in user
-    own = fmt.prompt(first, "joint")[1]["content"]
+    own = fmt.messages(first, "joint")[1]["content"]
     assert own.count(first["feature_content"]) == 1 and second["feature_content"] in own
 
 
 def test_missing_field_names_the_record(tmp_path):
     with pytest.raises(SpecError, match=r"record 9: missing field 'diseases'"):
-        formatter(tmp_path).examples([{"id": 9, "feature_content": "x", "reason": []}], "joint")
+        examples(formatter(tmp_path), [{"id": 9, "feature_content": "x", "reason": ["y"]}], "joint")
 
 
 def test_stage_source_reads_kept_shards_and_skips_a_torn_line(tmp_path):
@@ -223,7 +230,7 @@ def test_build_pairs_joins_by_id_and_drops_agreeing_answers(tmp_path):
     assert [p["id"] for p in pairs] == [2, 3]
     assert json.loads(pairs[0]["chosen"][0]["content"])["diseases"] == teacher[1]["diseases"]
     assert json.loads(pairs[0]["rejected"][0]["content"])["diseases"] == ["感冒"]
-    assert pairs[0]["prompt"] == fmt.prompt(teacher[1], "joint")
+    assert pairs[0]["prompt"] == fmt.messages(teacher[1], "joint")
     assert len(build_pairs(teacher, student, fmt, agree_on="answer")) == 3
 
 

@@ -6,7 +6,6 @@ Public API (imported lazily, so `import trainers` costs nothing):
   train_sft(spec) / train_dpo(spec)            trainers.sft/.dpo [one summary per adapter]
   merge_adapter(adapter_dir, out_dir)          trainers.merge    merged model + tokenizer
   build_pairs(teacher, student)                trainers.pairs    DPO pairs from engine records
-  predict_split(model, tokenizer, records)     trainers.predict  diseases adapter -> reasons adapter
   resolve_base_model(path_or_empty)            trainers.base_model
   build_tiny_model(out_dir)                    trainers.tiny     random 2-layer model for tests
 """
@@ -27,8 +26,6 @@ _EXPORTS = {
     "train_dpo": "trainers.dpo",
     "merge_adapter": "trainers.merge",
     "build_pairs": "trainers.pairs",
-    "predict_split": "trainers.predict",
-    "load_split": "trainers.predict",
     "resolve_base_model": "trainers.base_model",
     "build_tiny_model": "trainers.tiny",
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,11 @@ def _add_subcommands(sub: Any) -> None:
         cmd.add_argument(
             "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
             help=f"override a spec field (TOML literal; dotted keys; bare method keys go to [{name}])",
+        )  # fmt: skip
+        cmd.add_argument(
+            "--dump-examples", type=Path, metavar="FILE",
+            help="write the exact rendered training rows (JSONL, with each source id) to FILE ('-': stdout) "
+            "and exit without training",
         )  # fmt: skip
         cmd.set_defaults(func=run_train, train_command=name)
     merge = sub.add_parser("merge", help="merge an adapter into its base model (for vLLM serving)")
@@ -61,10 +67,23 @@ def run_train(args: argparse.Namespace) -> int:
     from trainers.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides, args.train_command)
-    summaries = get_method(args.train_command).run(spec)
+    method = get_method(args.train_command)
+    if args.dump_examples:
+        return _dump(method.examples(spec), args.dump_examples)
+    summaries = method.run(spec)
     if PartialState().is_main_process:
         for summary in summaries:
             print(describe(summary))
+    return 0
+
+
+def _dump(rows: Any, path: Path) -> int:
+    from trainers.dump import dump_rows
+
+    try:
+        print(dump_rows(rows, path), file=sys.stderr)
+    except BrokenPipeError:  # `... --dump-examples - | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return 0
 
 

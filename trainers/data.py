@@ -1,32 +1,31 @@
 """Engine answer records -> TRL conversational prompt-completion examples.
 
-A record carries an input field (the patient record), a label field (diseases) and a reason field. The
-prompt is [system, user] from the prompt files; the completion is one assistant message holding the
-answer as JSON, so TRL supervises only the answer. Tasks: `joint` (reason + label), `diseases` (label
-only) and `reasons` (reason, given the label in the prompt) - the last two are the `split` mode.
+Where the records come from is ours (files, globs, `spec.toml:stage`, the validation split); how a record
+becomes [system, user] and the assistant's answer is the task's prompt format
+(generators/medical/format.py), the same module that asks a teacher or a trained student. The completion
+is one assistant message holding the answer as JSON, so TRL supervises only the answer. Tasks: `joint`
+(reason + diseases), `diseases`, `reasons` (given the diseases) - the last two are the `split` mode.
 """
 
 from __future__ import annotations
 
 import glob
-import json
+import logging
 import os
 import random
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 import orjson
 
 from engine.errors import SpecError
 from engine.types import Record
-from trainers.spec import DataSpec, TrainSpec
+from generators.medical.format import SPLIT, FormatSpec, PromptFormat, Task, find_format, load_format
+from trainers.spec import TrainSpec
 
-Task = Literal["joint", "diseases", "reasons"]
-TASKS: tuple[Task, ...] = ("joint", "diseases", "reasons")
-PROMPTS_DIR = Path(__file__).parent / "prompts"
+log = logging.getLogger(__name__)
 
 
 def read_jsonl(path: Path) -> list[Record]:
@@ -79,109 +78,40 @@ def read_sources(spec: TrainSpec, sources: list[str], key: str) -> list[Record]:
     return [r for source in sources for file in source_files(spec, source, key) for r in read_jsonl(file)]
 
 
-@dataclass
-class Prompts:
-    """The prompt files of one task folder: system.txt, <task>.txt, demo.txt (demo_<task>.txt wins)."""
-
-    system: str
-    users: dict[str, str]
-    demos: dict[str, str]
-
-    @classmethod
-    def load(cls, folder: Path) -> Prompts:
-        def read(name: str) -> str:
-            try:
-                return (folder / name).read_text(encoding="utf-8")
-            except FileNotFoundError:
-                raise SpecError(f"prompt file missing: {folder / name}") from None
-
-        def optional(name: str, fallback: str) -> str:
-            return read(name) if (folder / name).exists() else fallback
-
-        demo = optional("demo.txt", "")
-        return cls(
-            system=read("system.txt").strip(),
-            users={task: read(f"{task}.txt") for task in TASKS},
-            demos={task: optional(f"demo_{task}.txt", demo) for task in TASKS},
-        )
+def examples(
+    fmt: PromptFormat, records: list[Record], task: Task, source: str = "data.train"
+) -> list[dict[str, Any]]:
+    """TRL prompt-completion examples of `records`; a record lacking a needed field fails naming its id."""
+    return [fmt.example(record, task, source) for record in records]
 
 
-def _fill(template: str, **values: str) -> str:
-    # str.format would choke on the JSON braces a prompt may show as an example.
-    for name, value in values.items():
-        template = template.replace("{" + name + "}", value)
-    return template
+def sft_tasks(spec: TrainSpec) -> list[Task]:
+    """The adapters `train sft` writes: one `joint`, or the `split` pair (diseases, then reasons)."""
+    return ["joint"] if spec.sft.mode == "joint" else list(SPLIT)
 
 
-def show(value: Any) -> str:
-    """A label value as prompt text: lists joined with the Chinese semicolon, as the task writes them."""
-    return "；".join(str(v) for v in value) if isinstance(value, list) else str(value)
+def task_dir(root: Path, task: Task) -> Path:
+    """Where a task's adapter lives under an output (or init_adapter) folder."""
+    return root if task == "joint" else root / task
 
 
-class Formatter:
-    """Builds prompts and answers for a task from the spec's field names and prompt files."""
+def train_records(spec: TrainSpec, hint: str = "list JSONL files or 'run/spec.toml:stage'") -> list[Record]:
+    """The records a method learns from (data.train, cut to data.max_records); `hint` says what to list."""
+    if not spec.data.train:
+        raise spec.fail("data.train", f"no training records given; {hint}")
+    records = read_sources(spec, spec.data.train, "data.train")
+    return records[: spec.data.max_records] if spec.data.max_records else records
 
-    def __init__(self, data: DataSpec, prompts: Prompts, demos: list[Record] | None = None):
-        self.data = data
-        self.prompts = prompts
-        self.demo_records = list(demos or [])[: data.num_demos]
 
-    @classmethod
-    def default(cls) -> Formatter:
-        """Default field names and the built-in prompts, no demos."""
-        return cls(DataSpec(), Prompts.load(PROMPTS_DIR))
-
-    @classmethod
-    def from_spec(cls, spec: TrainSpec) -> Formatter:
-        folder = Path(spec.data.prompts_dir) if spec.data.prompts_dir else PROMPTS_DIR
-        demos = read_jsonl(Path(spec.data.demos)) if spec.data.demos and spec.data.num_demos else []
-        return cls(spec.data, Prompts.load(folder), demos)
-
-    def answer_fields(self, task: Task) -> list[str]:
-        d = self.data
-        if task == "diseases":
-            return [d.label_field]
-        if task == "reasons":
-            return [d.reason_field]
-        return [d.reason_field, d.label_field] if d.reason_first else [d.label_field, d.reason_field]
-
-    def answer(self, record: Record, task: Task) -> str:
-        return json.dumps({f: record[f] for f in self.answer_fields(task)}, ensure_ascii=False)
-
-    def prompt(self, record: Record, task: Task, label: Any = None) -> list[dict[str, str]]:
-        """[system, user]; `label` (the reasons task) defaults to the record's own label."""
-        d = self.data
-        label = record.get(d.label_field, "") if label is None else label
-        demos = "".join(
-            _fill(
-                self.prompts.demos[task],
-                input=str(r[d.input_field]),
-                label=show(r[d.label_field]),
-                answer=self.answer(r, task),
-            )
-            for r in self.demo_records
-            if r.get(d.id_field, object()) != record.get(d.id_field)
-        )
-        user = _fill(
-            self.prompts.users[task], demos=demos, input=str(record[d.input_field]), label=show(label)
-        )
-        return [{"role": "system", "content": self.prompts.system}, {"role": "user", "content": user}]
-
-    def example(self, record: Record, task: Task) -> dict[str, Any]:
-        completion = [{"role": "assistant", "content": self.answer(record, task)}]
-        return {"prompt": self.prompt(record, task), "completion": completion}
-
-    def examples(self, records: list[Record], task: Task, source: str = "data.train") -> list[dict[str, Any]]:
-        """Examples for every record; a record lacking a needed field fails naming its id and the field."""
-        needed = [self.data.input_field, *self.answer_fields(task)]
-        if task == "reasons":
-            needed.append(self.data.label_field)
-        for index, record in enumerate(records):
-            for field in needed:
-                if field not in record:
-                    rid = record.get(self.data.id_field, f"#{index}")
-                    raise SpecError(f"{source}: record {rid}: missing field {field!r} (set data.*_field?)")
-        return [self.example(r, task) for r in records]
+def save_format(fmt: PromptFormat, root: Path, tasks: list[Task], init_adapter: Path | None) -> None:
+    """prompt_format.json beside every adapter a run writes (its output dir and each task's folder), so a
+    predict stage's `format_from` asks the student as it was trained. Continuing from an adapter that was
+    trained on another format is allowed, with a warning naming what changed."""
+    previous = find_format(init_adapter) if init_adapter else None
+    if previous is not None and (changes := fmt.changes(load_format(previous).format)):
+        log.warning("prompt format differs from the one %s was trained on: %s", previous, "; ".join(changes))
+    for folder in dict.fromkeys([root, *(task_dir(root, task) for task in tasks)]):
+        fmt.save(folder, tasks)
 
 
 def split_validation(spec: TrainSpec, records: list[Record]) -> tuple[list[Record], list[Record]]:
@@ -207,10 +137,15 @@ def _write_jsonl(rows: Iterable[dict[str, Any]], out: BinaryIO) -> int:
     return count
 
 
+def default_format() -> PromptFormat:
+    """The built-in prompts, zero-shot, reason first."""
+    return FormatSpec().resolve(Path.cwd(), seed=0)
+
+
 def export_sft(records: Iterable[Record], out: BinaryIO) -> int:
     """`engine export --format sft`: answer records as joint prompt-completion JSONL (built-in prompts)."""
-    formatter = Formatter.default()
-    rows = ({"id": r.get("id"), **formatter.examples([r], "joint", "export")[0]} for r in records)
+    fmt = default_format()
+    rows = ({"id": r.get("id"), **fmt.example(r, "joint", "export")} for r in records)
     return _write_jsonl(rows, out)
 
 
@@ -218,5 +153,5 @@ def export_dpo(records: Iterable[Record], out: BinaryIO) -> int:
     """`engine export --format dpo`: records with chosen/rejected answers as conversational pairs."""
     from trainers.pairs import pair_from_record
 
-    formatter = Formatter.default()
-    return _write_jsonl((pair_from_record(r, formatter) for r in records), out)
+    fmt = default_format()
+    return _write_jsonl((pair_from_record(r, fmt) for r in records), out)

@@ -5,6 +5,8 @@ that adapter named "ref" and computes reference log-probs through it (dpo_traine
 adapter that is a copy of the 'default' adapter"), so the SFT adapter is both the start and the
 reference. Without init_adapter a fresh LoRA is trained and the reference is the base model (adapter
 disabled). `beta`, `loss_type` and every other DPOConfig field pass through from the `[dpo]` table.
+Pairs built here get their prompt from the spec's format (saved as prompt_format.json); pairs given
+already in conversational form keep their own prompts.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ from typing import Any
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
-from engine.types import Record
 from trainers.checkpoints import load_hook
-from trainers.data import Formatter, read_sources, split_validation
+from trainers.data import save_format
 from trainers.fit import fit, trl_config
 from trainers.guard import check_test_overlap
 from trainers.modeling import base_folder, load_for_training, load_tokenizer
-from trainers.pairs import pair_from_record, read_pairs
+from trainers.pairs import read_pairs, split_pairs
 from trainers.spec import TrainSpec
 
 
@@ -55,24 +56,15 @@ def build_dpo_trainer(
     return trainer
 
 
-def _split_pairs(
-    spec: TrainSpec, pairs: list[Record], formatter: Formatter
-) -> tuple[list[Record], list[Record]]:
-    """data.validation files hold pairs too; without them a share of the pairs is held out."""
-    if spec.data.validation:
-        held = read_sources(spec, spec.data.validation, "data.validation")
-        return pairs, [pair_from_record(r, formatter) for r in held]
-    return split_validation(spec, pairs)
-
-
 def train_dpo(spec: TrainSpec) -> list[dict[str, Any]]:
     """Build or read the pairs, check them against the test set, train; returns [the summary]."""
     load_hook(spec.eval.hook)  # a typo in the hook name should fail now, not after training
-    formatter = Formatter.from_spec(spec)
-    pairs, source_records = read_pairs(spec, formatter)
+    fmt = spec.prompt_format()
+    pairs, source_records = read_pairs(spec, fmt)
     check_test_overlap(spec, source_records)
-    train, validation = _split_pairs(spec, pairs, formatter)
+    train, validation = split_pairs(spec, pairs, fmt)
     out = Path(spec.dpo.output_dir)
+    save_format(fmt, out, ["joint"], Path(spec.dpo.init_adapter) if spec.dpo.init_adapter else None)
     trainer = build_dpo_trainer(spec, train, validation, out)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)

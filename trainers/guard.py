@@ -36,8 +36,8 @@ def check_test_overlap(
     """Raise (or, forced, warn) when training records overlap the test set; returns the overlapping ones."""
     if not spec.test_set.files:
         return []
-    field = field or spec.data.input_field
-    id_field = id_field or spec.data.id_field
+    field = field or spec.test_set.field  # training and test records name their input alike
+    id_field = id_field or "id"
     tests = [str(f) for s in spec.test_set.files for f in source_files(spec, s, "test_set.files")]
     options = {"test": tests, "fields": ["text"], "test_fields": [spec.test_set.field]}
     leakage = build_filter("leakage", options, base_dir=spec.path.parent)

@@ -1,6 +1,7 @@
 """`train merge ADAPTER_DIR -o MERGED_DIR`: fold a LoRA adapter into its base model for vLLM serving.
 
-Writes a plain HF folder (merged weights in the base model's dtype + the tokenizer) by an atomic rename,
+Writes a plain HF folder (merged weights in the base model's dtype + the tokenizer + the adapter's
+prompt_format.json, so `format_from` works on the merged folder too) by an atomic rename,
 so a crash never leaves a half-written model where a server would load it.
 """
 
@@ -12,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from engine.errors import SpecError
+from generators.medical.format import find_format
 from trainers.base_model import resolve_base_model
 
 
@@ -48,6 +50,8 @@ def merge_adapter(
     try:
         merged.save_pretrained(staging)
         AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(staging)
+        if (saved := find_format(adapter_dir)) is not None:  # the merged student is asked as it was trained
+            shutil.copy(saved, staging / saved.name)
         if out.exists():
             out.rmdir()  # empty, checked above
         staging.rename(out)

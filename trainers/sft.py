@@ -1,8 +1,9 @@
 """LoRA SFT with TRL's SFTTrainer on engine answer records, in `joint` or `split` mode.
 
 joint: one adapter answers reason + label, written to output_dir.
-split: two adapters, output_dir/diseases (answers the label) and output_dir/reasons (given the record and
-the label, answers the reasons); `trainers.predict.predict_split` chains them at prediction time.
+split: two adapters, output_dir/diseases (answers the diseases) and output_dir/reasons (given the record
+and the diseases, answers the reasons); a predict stage with mode = "split" chains them.
+Either way the prompt format is saved beside the adapters (prompt_format.json) before training starts.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from trainers.checkpoints import load_hook
-from trainers.data import Formatter, Task, read_sources, split_validation
+from trainers.data import (
+    Task,
+    examples,
+    save_format,
+    sft_tasks,
+    split_validation,
+    task_dir,
+    train_records,
+)
 from trainers.fit import fit, trl_config
 from trainers.guard import check_test_overlap
 from trainers.modeling import base_folder, load_for_training, load_tokenizer
@@ -34,21 +43,12 @@ class SftConfig(SFTConfig):
     mode: Literal["joint", "split"] = field(
         default="joint",
         metadata={
-            "help": "joint: one adapter answers reason + label; split: a diseases and a reasons adapter"
+            "help": "joint: one adapter answers reason + diseases; split: a diseases and a reasons adapter"
         },
     )
     init_adapter: str = field(
         default="", metadata={"help": "continue from this adapter (split: a folder of both)", "path": True}
     )
-
-
-def sft_tasks(spec: TrainSpec) -> list[Task]:
-    return ["joint"] if spec.sft.mode == "joint" else ["diseases", "reasons"]
-
-
-def task_dir(root: Path, task: Task) -> Path:
-    """Where a task's adapter lives under an output (or init_adapter) folder."""
-    return root if task == "joint" else root / task
 
 
 def build_sft_trainer(
@@ -69,21 +69,22 @@ def build_sft_trainer(
 
 def train_sft(spec: TrainSpec) -> list[dict[str, Any]]:
     """Train the adapter(s) the spec asks for; returns one summary per adapter."""
-    if not spec.data.train:
-        raise spec.fail("data.train", "no training data given; list JSONL files or 'run/spec.toml:stage'")
     load_hook(spec.eval.hook)  # a typo in the hook name should fail now, not after training
-    records = read_sources(spec, spec.data.train, "data.train")
-    if spec.data.max_records:
-        records = records[: spec.data.max_records]
+    records = train_records(spec)
     check_test_overlap(spec, records)
     train, validation = split_validation(spec, records)
-    formatter = Formatter.from_spec(spec)
+    fmt = spec.prompt_format()
     root = Path(spec.sft.output_dir)
+    tasks = sft_tasks(spec)
+    init = Path(spec.sft.init_adapter) if spec.sft.init_adapter else None
     summaries = []
-    for task in sft_tasks(spec):
+    for task in tasks:
         out = task_dir(root, task)
-        eval_examples = formatter.examples(validation, task, "data.validation")
-        trainer = build_sft_trainer(spec, task, formatter.examples(train, task), eval_examples, out)
+        eval_examples = examples(fmt, validation, task, "data.validation")
+        train_examples = examples(fmt, train, task)
+        if task == tasks[0]:  # the records render: the adapters will be asked in this format
+            save_format(fmt, root, tasks, init)
+        trainer = build_sft_trainer(spec, task, train_examples, eval_examples, out)
         summaries.append(
             fit(
                 trainer,

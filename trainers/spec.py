@@ -30,6 +30,7 @@ from pydantic import (
 from engine.errors import SpecError
 from engine.overrides import apply_override, parse_override
 from engine.spec_errors import SpecErrors, read_toml
+from generators.medical.format import FormatSpec, PromptFormat
 
 # Our defaults for TRL fields; a key in the method's table wins. Why each differs from TRL: no tracker is
 # installed (report_to), the loss curve wants every step (logging_steps), checkpoints must exist for the
@@ -71,8 +72,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DataSpec(_Strict):
-    """Where the records come from and how a record becomes a prompt and an answer."""
+class DataSpec(FormatSpec):
+    """Where the records come from, and (FormatSpec's keys: prompts_dir, demos, k, demo_choice,
+    reason_first) how a record becomes a prompt and an answer: the task's one prompt format."""
 
     train: list[Source] = Field(
         default_factory=list, description="JSONL files/globs or 'run/spec.toml:stage'"
@@ -86,16 +88,11 @@ class DataSpec(_Strict):
     pairs_agree_on: Literal["label", "answer"] = Field(
         "label", description="what makes a pair agree (dropped)"
     )
-    id_field: str = "id"
-    input_field: str = "feature_content"
-    label_field: str = "diseases"
-    reason_field: str = "reason"
-    reason_first: bool = Field(True, description="answer JSON lists the reason before the label")
+    # FormatSpec's two paths, made absolute at load like every other path of the spec
     prompts_dir: SpecPath = Field(
-        "", description="folder with system.txt, joint.txt, diseases.txt, reasons.txt"
+        "", description="folder of prompt files; each replaces the built-in file of the same name"
     )
-    demos: SpecPath = Field("", description="JSONL of records shown as few-shot demos in the user prompt")
-    num_demos: int = Field(0, ge=0)
+    demos: SpecPath = Field("", description="labelled demo pool, JSONL (feature_content, diseases, reason)")
 
 
 class TestSetSpec(_Strict):
@@ -154,6 +151,10 @@ class TrainSpec(_Strict):
         given = section.model_dump(exclude_unset=True)
         platform = {} if torch.cuda.is_available() else CPU_DEFAULTS
         return {**TRAINER_DEFAULTS, **platform, "seed": self.seed, **ours, **given}
+
+    def prompt_format(self) -> PromptFormat:
+        """The prompt format of `[data]` (its paths absolute since loading; demos seeded by `seed`)."""
+        return self.data.resolve(self._path.parent, self.seed)
 
     def fail(self, key: str, message: str) -> SpecError:
         """A SpecError naming this spec's file, the key's line and the key."""

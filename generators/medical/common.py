@@ -1,5 +1,7 @@
-"""What the diagnosis generators share: their config keys, building a request (JSON mode, seed bump on a
-re-sample), asking for an answer and parsing it, the record check and the answer statistics."""
+"""What the diagnosis generators share: their config keys (the task's prompt format plus how JSON is
+asked for), building a request (JSON mode, seed bump on a re-sample), asking for an answer and parsing
+it, the record check and the answer statistics. Prompts come from generators/medical/format.py, the
+module the trainers render their examples with."""
 
 from __future__ import annotations
 
@@ -12,54 +14,38 @@ from pydantic import Field
 from engine.errors import SpecError
 from engine.types import ChatRequest, Record, WorkItem
 from generators.base import LLM, Generator, GeneratorConfig
+from generators.medical.format import FormatSpec, PromptFormat, Task
 from generators.medical.parse import parse_answer
-from generators.medical.prompts import DemoPool, fill, read_prompt, render_demos
-from generators.medical.schema import (
-    DISEASES,
-    INPUT,
-    REASON,
-    JsonMode,
-    answer_schema,
-    format_example,
-    json_request,
-)
+from generators.medical.schema import DISEASES, INPUT, REASON, JsonMode, answer_schema, json_request
 
 SEED_STRIDE = 1000  # sample s, attempt a of a record ask with seed + 1000 * s + a
 
 
-class MedicalConfig(GeneratorConfig):
-    demos: str | None = Field(
-        None, description="labelled demo pool (JSONL: feature_content, diseases, reason)"
-    )
-    k: int = Field(6, ge=0, description="demos per prompt, drawn per record (seed: run seed + record id)")
+class MedicalConfig(GeneratorConfig, FormatSpec):
+    k: int = Field(6, ge=0, description="demos per prompt (0: zero-shot; needs `demos`)")
     json_mode: JsonMode = Field(
         "json_schema",
         description="json_schema | json_object (DeepSeek, DashScope) | guided_json (vLLM) | off",
     )
-    reason_first: bool = Field(True, description="ask for `reason` before `diseases` in the JSON answer")
     max_items: int | None = Field(None, ge=1, description="schema limit: most items per list (small models)")
     max_chars: int | None = Field(None, ge=1, description="schema limit: most characters per item")
-    system_file: str | None = Field(None, description="system prompt file (default: built-in system.txt)")
-    prompt_file: str | None = Field(None, description="user prompt file (default: the generator's own)")
-    demo_file: str | None = Field(None, description="template of one demo (default: the generator's own)")
 
 
 class MedicalGenerator(Generator):
     """A stage that asks for (part of) a diagnosis of one patient record."""
 
     Config = MedicalConfig
-    prompt_name = ""  # built-in user prompt file
-    demo_name = ""  # built-in demo template file
+    task: Task = "joint"  # the format's task one request asks
     required: tuple[str, ...] = (INPUT,)  # input fields every record needs
-    asks: tuple[str, ...] = (REASON, DISEASES)  # the answer fields one request asks for
 
     def __init__(self, config: MedicalConfig, **kwargs: Any):
         super().__init__(config, **kwargs)
         self.config: MedicalConfig = config
-        self.system = read_prompt(config.system_file, "system.txt", self.base_dir).strip()
-        self.prompt = read_prompt(config.prompt_file, self.prompt_name, self.base_dir)
-        self.demo_template = read_prompt(config.demo_file, self.demo_name, self.base_dir)
-        self.pool = DemoPool(self.base_dir / config.demos) if config.demos and config.k else None
+        self.format: PromptFormat = self.load_format()
+
+    def load_format(self) -> PromptFormat:
+        """The prompt format from the stage's keys (demo choice seeded by the run seed)."""
+        return self.config.resolve(self.base_dir, self.seed)
 
     # ---- records and prompts -------------------------------------------------------------------
     def check(self, record: Record) -> None:
@@ -70,37 +56,14 @@ class MedicalGenerator(Generator):
                     f"{field!r} (fields: {', '.join(sorted(record))})"
                 )
 
-    def fields(self, *, diseases: bool = True, reason: bool = True) -> list[str]:
-        order = [REASON, DISEASES] if self.config.reason_first else [DISEASES, REASON]
-        return [f for f in order if (f == REASON and reason) or (f == DISEASES and diseases)]
+    def fields(self, task: Task | None = None) -> list[str]:
+        """The answer keys `task` (default: the stage's) asks for, in the configured order."""
+        return self.format.fields(task or self.task)
 
-    def answer_fields(self) -> list[str]:
-        """The fields this stage asks for, in the configured order."""
-        return self.fields(diseases=DISEASES in self.asks, reason=REASON in self.asks)
-
-    def demos(self, record: Record) -> list[Record]:
-        return self.pool.draw(self.config.k, self.seed, record) if self.pool else []
-
-    def user_message(
-        self, record: Record, fields: list[str], prompt: str | None = None, demos: str | None = None
-    ) -> str:
-        """`prompt` (default: the stage's) filled for `record`; `demos` defaults to its demo block."""
-        if demos is None:
-            demos = render_demos(self.demo_template, self.demos(record), fields)
-        diseases = record.get(DISEASES)
-        return fill(
-            prompt or self.prompt,
-            demos=demos,
-            format=format_example(fields),
-            feature_content=record[INPUT],
-            diseases="；".join(diseases) if isinstance(diseases, list) else diseases,
-        )
-
-    def messages(self, record: Record, fields: list[str]) -> list[dict[str, str]]:
-        return [
-            {"role": "system", "content": self.system},
-            {"role": "user", "content": self.user_message(record, fields)},
-        ]
+    def messages(
+        self, record: Record, task: Task | None = None, diseases: Any = None
+    ) -> list[dict[str, str]]:
+        return self.format.messages(record, task or self.task, diseases)
 
     # ---- requests ------------------------------------------------------------------------------
     def json_params(self, fields: list[str], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -122,19 +85,27 @@ class MedicalGenerator(Generator):
         return [messages, self.stage.params, self.json_params(fields, "_".join(fields))]
 
     async def ask(
-        self, messages: list[dict[str, str]], fields: list[str], llm: LLM, attempt: int, sample: int = 0
+        self,
+        messages: list[dict[str, str]],
+        fields: list[str],
+        llm: LLM,
+        attempt: int,
+        sample: int = 0,
+        provider: str | None = None,
     ) -> tuple[dict[str, list[str]], str]:
-        """(parsed answer, raw text); BadOutput when the answer lacks a field."""
-        completion = await llm(self.request(messages, fields, attempt, sample))
+        """(parsed answer, raw text) from the stage's provider, or the named one; BadOutput when the
+        answer lacks a field."""
+        request = self.request(messages, fields, attempt, sample)
+        completion = await (llm(request, provider=provider) if provider else llm(request))
         return parse_answer(completion.text, fields), completion.text
 
     def fingerprint(self, record: Record) -> Any:
-        fields = self.answer_fields()
-        return self.key_parts(self.messages(record, fields), fields)
+        fields = self.fields()
+        return self.key_parts(self.messages(record), fields)
 
     async def generate(self, item: WorkItem, llm: LLM, attempt: int) -> Record:
-        fields = self.answer_fields()
-        answer, _ = await self.ask(self.messages(item.record, fields), fields, llm, attempt, item.sample)
+        fields = self.fields()
+        answer, _ = await self.ask(self.messages(item.record), fields, llm, attempt, item.sample)
         return answer
 
     def stats(self, kept: Iterable[Record]) -> dict[str, Any]:

@@ -9,5 +9,4 @@ from generators.medical.common import MedicalGenerator
 @register
 class Diagnose(MedicalGenerator):
     name = "diagnose"
-    prompt_name = "diagnose.txt"
-    demo_name = "demo.txt"
+    task = "joint"

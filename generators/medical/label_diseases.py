@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from generators.base import register
 from generators.medical.common import MedicalGenerator
-from generators.medical.schema import DISEASES
 
 
 @register
 class LabelDiseases(MedicalGenerator):
     name = "label_diseases"
-    prompt_name = "diseases.txt"
-    demo_name = "demo.txt"
-    asks = (DISEASES,)
+    task = "diseases"

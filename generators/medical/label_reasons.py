@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from generators.base import register
 from generators.medical.common import MedicalGenerator
-from generators.medical.schema import DISEASES, INPUT, REASON
+from generators.medical.schema import DISEASES, INPUT
 
 
 @register
 class LabelReasons(MedicalGenerator):
     name = "label_reasons"
-    prompt_name = "reasons.txt"
-    demo_name = "demo_reasons.txt"
+    task = "reasons"
     required = (INPUT, DISEASES)
-    asks = (REASON,)

@@ -18,11 +18,10 @@ from typing import Any
 from pydantic import BaseModel, field_validator
 
 from engine.types import Record, WorkItem
-from evals.normalize import as_items, split_diseases, split_reason
+from evals.normalize import as_items, same_diseases, split_diseases, split_reason
 from generators.base import LLM, register
 from generators.medical.common import MedicalGenerator
 from generators.medical.schema import DISEASES, INPUT, REASON
-from generators.medical.two_stage import same_diseases
 
 FILTER_SCHEMA = "generators.medical.preference_pairs:Disagreement"
 
@@ -43,8 +42,7 @@ class Disagreement(BaseModel):
 @register
 class PreferencePairs(MedicalGenerator):
     name = "preference_pairs"
-    prompt_name = "diagnose.txt"
-    demo_name = "demo.txt"
+    task = "joint"
     required = (INPUT, DISEASES, REASON)
 
     def __init__(self, config: Any, **kwargs: Any):

@@ -1,22 +1,23 @@
-"""Prompt files and few-shot demos: reading the Chinese prompt texts (built-in, or a file the spec names),
-filling their `{placeholders}`, and drawing k labelled demos per record with a seeded RNG."""
+"""Prompt text helpers: reading the Chinese prompt files (built-in, or a file the spec names), filling
+their `{placeholders}`, and the labelled demo pool with its two deterministic ways of choosing k demos."""
 
 from __future__ import annotations
 
 import random
 import re
 from pathlib import Path
-from typing import Any
-
-import orjson
+from typing import Any, Literal
 
 from engine.errors import SpecError
+from engine.store import numbered_jsonl
 from engine.types import Record
 from evals.normalize import as_items, split_diseases, split_reason
 from generators.medical.schema import DISEASES, INPUT, REASON, answer_json
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+DemoChoice = Literal["random", "first"]
 
 
 def read_prompt(override: str | None, default: str, base_dir: Path) -> str:
@@ -29,12 +30,7 @@ def read_prompt(override: str | None, default: str, base_dir: Path) -> str:
 
 
 def fill(template: str, **values: Any) -> str:
-    """Replace `{name}` placeholders; unlike str.format, JSON braces shown in a prompt stay as they are.
-
-    `{input}` and `{label}` are aliases of `{feature_content}` and `{diseases}`, so the trainers' prompt
-    files (trainers/prompts/) can be used as they are to query a fine-tuned student.
-    """
-    values = {"input": values.get("feature_content"), "label": values.get("diseases"), **values}
+    """Replace `{name}` placeholders; unlike str.format, JSON braces shown in a prompt stay as they are."""
 
     def value(match: re.Match) -> str:
         found = values.get(match.group(1))
@@ -48,48 +44,49 @@ def show_list(items: list[str]) -> str:
     return "；".join(items)
 
 
-class DemoPool:
-    """Labelled records (`feature_content`, `diseases`, `reason`) to draw few-shot demos from."""
+def labelled(record: Record, where: str) -> Record:
+    """A demo record with `diseases` and `reason` as lists of items (the official strings are split);
+    SpecError naming `where` when a field is missing or empty."""
+    for field in (INPUT, DISEASES, REASON):
+        if not record.get(field):
+            raise SpecError(f"{where}: demo record has no {field!r}; demos must be labelled")
+    try:
+        diseases = as_items(record[DISEASES], split_diseases, field=DISEASES)
+        reason = as_items(record[REASON], split_reason, field=REASON)
+    except ValueError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+    return {**record, DISEASES: diseases, REASON: reason}
 
-    def __init__(self, path: Path, *, need: tuple[str, ...] = (INPUT, DISEASES, REASON)):
+
+class DemoPool:
+    """Labelled records (`feature_content`, `diseases`, `reason`) to choose few-shot demos from."""
+
+    def __init__(self, path: Path):
         self.path = path
         self.records: list[Record] = []
-        try:
-            lines = path.read_bytes().splitlines()
-        except OSError as exc:
-            raise SpecError(f"demo pool {path}: cannot read ({exc.strerror}); check `demos`") from None
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = orjson.loads(line)
-                for field in need:
-                    if not record.get(field):
-                        raise SpecError(
-                            f"{path}:{number}: demo record has no {field!r}; demos must be labelled"
-                        )
-                record = {
-                    **record,
-                    "id": record.get("id", f"{path.name}:{number}"),
-                    DISEASES: as_items(record.get(DISEASES), split_diseases, field=DISEASES),
-                    REASON: as_items(record.get(REASON), split_reason, field=REASON),
-                }
-            except orjson.JSONDecodeError as exc:
-                raise SpecError(f"{path}:{number}: not valid JSON ({exc})") from None
-            except (ValueError, AttributeError) as exc:
-                raise SpecError(f"{path}:{number}: {exc}") from None
-            self.records.append(record)
+        for number, record in numbered_jsonl(path):
+            demo = labelled(record, f"{path}:{number}")
+            rid = record.get("id", f"{path.name}:{number}")
+            # only what a prompt shows, so a saved format stays small
+            self.records.append({"id": rid, **{f: demo[f] for f in (INPUT, DISEASES, REASON)}})
         if not self.records:
             raise SpecError(f"demo pool {path} holds no records")
 
-    def draw(self, k: int, seed: int, record: Record) -> list[Record]:
-        """k demos for `record`, the same on every run with the same seed; never the record itself."""
-        if k <= 0:
-            return []
-        rid, text = str(record.get("id")), record.get(INPUT)
-        candidates = [d for d in self.records if str(d["id"]) != rid and d[INPUT] != text]
-        rng = random.Random(f"{seed}:{rid}")  # str seeds hash with sha512: stable across processes
-        return rng.sample(candidates, min(k, len(candidates)))
+    def draw(self, k: int, seed: int, record: Record, choice: DemoChoice = "random") -> list[Record]:
+        return choose_demos(self.records, k, seed, record, choice)
+
+
+def choose_demos(pool: list[Record], k: int, seed: int, record: Record, choice: DemoChoice) -> list[Record]:
+    """k demos for `record`, never the record itself (same id or same input text), the same on every run:
+    `first`: the first k of the pool; `random`: k drawn with `random.Random("<seed>:<record id>")`."""
+    if k <= 0:
+        return []
+    rid, text = str(record.get("id")), record.get(INPUT)
+    candidates = [d for d in pool if str(d["id"]) != rid and d[INPUT] != text]
+    if choice == "first":
+        return candidates[:k]
+    rng = random.Random(f"{seed}:{rid}")  # str seeds hash with sha512: stable across processes
+    return rng.sample(candidates, min(k, len(candidates)))
 
 
 def render_demos(template: str, demos: list[Record], fields: list[str]) -> str:

@@ -21,7 +21,7 @@ from trl import SFTConfig, SFTTrainer
 
 from engine.errors import SpecError
 from trainers.checkpoints import load_hook
-from trainers.data import read_sources, split_validation
+from trainers.data import split_validation, train_records
 from trainers.first.calibrate import resolve_c
 from trainers.first.collator import FirstCollator
 from trainers.first.head import HeadTransform, student_scores, student_top1
@@ -35,6 +35,7 @@ from trainers.modeling import base_folder, load_for_training, load_tokenizer
 from trainers.spec import TrainSpec
 
 log = logging.getLogger(__name__)
+FIRST_RECORDS = "list the prompt/completion JSONL files"  # what data.train holds for FIRST
 MIN_ALIGNED = 0.5  # below this share of completion tokens with a teacher row, the store does not fit
 
 
@@ -252,12 +253,8 @@ def alignment_report(trainer: FirstTrainer) -> dict[str, float]:
 def train_first(spec: TrainSpec) -> list[dict[str, Any]]:
     """Check records, test set and store before loading the model; train; returns [the summary]."""
     table = spec.first
-    if not spec.data.train:
-        raise spec.fail("data.train", "no training records given; list the prompt/completion JSONL files")
     load_hook(spec.eval.hook)  # a typo in the hook name should fail now, not after training
-    records = read_sources(spec, spec.data.train, "data.train")
-    if spec.data.max_records:
-        records = records[: spec.data.max_records]
+    records = train_records(spec, FIRST_RECORDS)
     check_test_overlap(spec, records, id_field=table.key_field)
     train, validation = split_validation(spec, records)
     train, validation = (
