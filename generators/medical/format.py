@@ -168,8 +168,8 @@ class PromptFormat:
         for name in needed:
             if record.get(name) in (None, "", []):
                 raise SpecError(
-                    f"{source}: record {record.get('id', '?')}: missing field {name!r} (records need "
-                    f"{INPUT}, {DISEASES}, {REASON}; `engine import` maps other names)"
+                    f"{source}: record {record.get('id', '?')}: missing field {name!r} (absent or empty; "
+                    f"records need {INPUT}, {DISEASES}, {REASON}; `engine import` maps other names)"
                 )
         completion = [{"role": "assistant", "content": self.answer(record, task)}]
         return {"prompt": self.messages(record, task), "completion": completion}

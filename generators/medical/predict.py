@@ -10,6 +10,7 @@ With `keep_unparsed` every input id keeps a record, so a submission never lacks 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,7 +106,9 @@ class Predict(TwoStage):
             folder = student_folder(providers[used])
             if folder is not None:
                 found = find_format(folder)
-                fix = f'format_from = "{found.parent}"' if found else "format_from = <its train output dir>"
+                # format_from is read from the spec's folder, whatever the working directory
+                where = os.path.relpath(found.parent.resolve(), self.base_dir.resolve()) if found else ""
+                fix = f'format_from = "{where}"' if found else "format_from = <its train output dir>"
                 log.warning(
                     "stage %r: provider %r is a fine-tuned student (%s) but the stage sets no format_from, "
                     "so it is asked in this stage's own prompt format, not necessarily the one it was "
