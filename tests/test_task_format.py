@@ -245,8 +245,9 @@ def test_dump_examples_for_dpo_first_stdout_and_misuse(tmp_path: Path, capsys) -
         shell=True, cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert head.stdout.startswith('{"id":1') and "Traceback" not in head.stderr
-    folder = engine("train", "sft", train_spec(tmp_path), "--dump-examples", tmp_path, check=False)
-    assert folder.returncode == 2 and folder.stderr.strip().endswith("is a folder; give a file name")
+    capsys.readouterr()
+    assert engine_main(["train", "sft", str(train_spec(tmp_path)), "--dump-examples", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith("is a folder; give a file name")
 
 
 def labelled_file(path: Path) -> None:

@@ -8,6 +8,7 @@ import json
 import orjson
 
 from generators.medical.format import FORMAT_FILE
+from generators.medical.parse import parse_answer
 from tests.engine_helpers import engine, outcomes
 from tests.train_helpers import FAST, records, tiny_model, write_spec
 from trainers.sft import train_sft
@@ -52,4 +53,4 @@ def test_split_mode_writes_two_adapters_and_a_split_predict_stage_chains_them(tm
         assert record["meta"]["calls"] == 2 and record["meta"]["model"].endswith("reasons")
         # constrained decoding (json_schema): even the tiny random model writes parseable JSON
         assert "parse_error" not in record and record["reason"]
-        assert record["diseases"] == json.loads(record["turns"][0]["answer"])["diseases"]
+        assert record["diseases"] == parse_answer(record["turns"][0]["answer"], ["diseases"])["diseases"]
