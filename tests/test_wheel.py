@@ -27,6 +27,7 @@ EXPECTED = {
     "import",
     "select",
     "view",
+    "demos",
 }
 BEFORE_ARGPARSE = [["runs", "note"], ["filter", "dedupe"], ["filter", "leakage"]]  # dispatched by hand
 
