@@ -28,6 +28,7 @@ demo: install
 	$(PY) -m engine export runs/demo/spec.toml --stage label_reasons --format sft -o runs/demo/out/sft.jsonl
 	$(PY) -m engine export runs/demo/spec.toml --stage label_reasons --format submission -o runs/demo/out/submission.jsonl
 	$(PY) -m engine train sft runs/demo/train.toml
+	$(PY) -m engine run runs/demo/student.toml
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
