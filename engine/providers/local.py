@@ -48,6 +48,11 @@ class LocalConfig(ProviderConfig):
     )
 
 
+# transformers' lazy imports are not thread-safe: two local providers loading at once in their worker
+# threads (a run preflights every provider together) can see a half-imported module (ImportError).
+_LOAD_LOCK = threading.Lock()
+
+
 class LocalProvider(Provider):
     kind = "local"
     Config = LocalConfig
@@ -165,6 +170,10 @@ class LocalProvider(Provider):
     def _ensure_loaded(self) -> None:
         if self._lm is not None:
             return
+        with _LOAD_LOCK:
+            self._load()
+
+    def _load(self) -> None:
         import torch
 
         from engine.providers.grammar import GrammarCompiler
