@@ -210,7 +210,7 @@ def test_a_checkpoint_or_split_subfolder_finds_the_format_of_its_run(tmp_path: P
     assert run.generators["predict"].mode == "split"
 
 
-def test_dump_examples_for_dpo_first_stdout_and_misuse(tmp_path: Path, capsys) -> None:
+def test_dump_examples_for_dpo_first_stdout_and_misuse(tmp_path: Path, capsys, caplog) -> None:
     teacher = records()[:4]
     student = [{**r, "diseases": ["感冒"]} for r in teacher]
     (tmp_path / "student.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in student))
@@ -239,6 +239,10 @@ def test_dump_examples_for_dpo_first_stdout_and_misuse(tmp_path: Path, capsys) -
         }
     ]
     assert not (tmp_path / "out").exists()  # nothing trained, no store opened
+    first.write_text(first.read_text().replace("[data]\n", "[data]\nk = 2\n"))
+    with caplog.at_level(logging.WARNING, logger="trainers"):
+        assert len(dump(first, capsys, command="first")) == 1
+    assert "[data] k: prompt-format keys do not apply to `train first`" in caplog.text
 
     head = subprocess.run(  # to a pipe that closes early: the first line, no traceback
         f"{sys.executable} -m engine train sft {train_spec(tmp_path)} --dump-examples - | head -c 20",

@@ -103,6 +103,11 @@ def train_records(spec: TrainSpec, hint: str = "list JSONL files or 'run/spec.to
     return records[: spec.data.max_records] if spec.data.max_records else records
 
 
+def format_keys_given(spec: TrainSpec) -> list[str]:
+    """The prompt-format keys `[data]` sets (a method whose records arrive rendered cannot apply them)."""
+    return sorted(spec.data.model_fields_set & set(FormatSpec.model_fields))
+
+
 def save_format(fmt: PromptFormat, root: Path, tasks: list[Task], init_adapter: Path | None) -> None:
     """prompt_format.json beside every adapter a run writes (its output dir and each task's folder), so a
     predict stage's `format_from` asks the student as it was trained. Continuing from an adapter that was

@@ -44,10 +44,10 @@ def dpo_rows(spec: TrainSpec) -> Iterator[Row]:
 def first_rows(spec: TrainSpec) -> Iterator[Row]:
     """FIRST's records arrive rendered (the rows the teacher's top-k was captured on): each as the trainer
     reads it, its store key also as `id`."""
-    from trainers.first.trainer import FIRST_RECORDS, first_examples
+    from trainers.first.trainer import first_examples, first_records
 
     key = spec.first.key_field
-    train, validation = split_validation(spec, train_records(spec, FIRST_RECORDS))
+    train, validation = split_validation(spec, first_records(spec))
     for split, records in (("train", train), ("validation", validation)):
         for row in first_examples(spec, records, f"data.{split}"):
             yield {"id": row[key], "split": split, **row}

@@ -21,7 +21,7 @@ from trl import SFTConfig, SFTTrainer
 
 from engine.errors import SpecError
 from trainers.checkpoints import load_hook
-from trainers.data import split_validation, train_records
+from trainers.data import format_keys_given, split_validation, train_records
 from trainers.first.calibrate import resolve_c
 from trainers.first.collator import FirstCollator
 from trainers.first.head import HeadTransform, student_scores, student_top1
@@ -35,7 +35,6 @@ from trainers.modeling import base_folder, load_for_training, load_tokenizer
 from trainers.spec import TrainSpec
 
 log = logging.getLogger(__name__)
-FIRST_RECORDS = "list the prompt/completion JSONL files"  # what data.train holds for FIRST
 MIN_ALIGNED = 0.5  # below this share of completion tokens with a teacher row, the store does not fit
 
 
@@ -208,6 +207,18 @@ class FirstTrainer(SFTTrainer):
         return output
 
 
+def first_records(spec: TrainSpec) -> list[dict]:
+    """data.train's records (cut to max_records). They arrive rendered, so `[data]`'s prompt-format keys
+    cannot apply: setting one warns."""
+    if given := format_keys_given(spec):
+        log.warning(
+            "%s: [data] %s: prompt-format keys do not apply to `train first` (its records are rendered "
+            "prompt/completion rows already); ignored",
+            spec.path, ", ".join(given),
+        )  # fmt: skip
+    return train_records(spec, "list the prompt/completion JSONL files")
+
+
 def first_examples(spec: TrainSpec, records: list[dict], source: str) -> list[dict]:
     """{key, prompt, completion} per record: TRL prompt-completion rows, as the store was scored on."""
     key = spec.first.key_field
@@ -254,7 +265,7 @@ def train_first(spec: TrainSpec) -> list[dict[str, Any]]:
     """Check records, test set and store before loading the model; train; returns [the summary]."""
     table = spec.first
     load_hook(spec.eval.hook)  # a typo in the hook name should fail now, not after training
-    records = train_records(spec, FIRST_RECORDS)
+    records = first_records(spec)
     check_test_overlap(spec, records, id_field=table.key_field)
     train, validation = split_validation(spec, records)
     train, validation = (
