@@ -4,11 +4,18 @@ Scoring loads each checkpoint's weights (the adapter, or the whole model when tr
 the trained model in turn and runs the trainer's own `evaluate()` (distributed-aware under accelerate),
 plus an optional offline-metric hook on the main process. The final weights, as saved in the output
 folder, are put back afterwards, and scored too when no checkpoint holds them.
+
+Under several processes every rank scores the same checkpoints in the same order (each `evaluate()` is a
+collective): they list the folder only after a barrier, once the main process has written everything.
+When the weights are sharded (DeepSpeed ZeRO-3, FSDP) a checkpoint's full adapter cannot be put into the
+model as it stands, and a hook's forward on the main process alone would wait for the other shards: only
+the final weights in memory are scored then, without the hook.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +28,7 @@ from transformers.trainer_utils import load_sharded_checkpoint
 from engine.errors import SpecError
 from trainers.spec import EvalSpec
 
+log = logging.getLogger(__name__)
 Hook = Callable[[Any, Any, list[dict[str, Any]]], dict[str, float]]
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -80,6 +88,18 @@ def evaluate_checkpoints(
     if trainer.eval_dataset is None:
         return {"checkpoints": [], "best": None, "metric": spec.metric}
     model = trainer.accelerator.unwrap_model(trainer.model)
+    # Trainer does not wait after writing the last checkpoint, nor does save_model: without this, another
+    # rank could list fewer checkpoints (then wait forever in a different evaluate()) or read a torn file.
+    trainer.accelerator.wait_for_everyone()
+    checkpoints = list_checkpoints(folder)
+    if is_sharded(trainer):
+        if checkpoints or hook is not None:
+            log.warning(
+                "sharded weights (ZeRO-3 / FSDP): scoring the final weights only%s; "
+                "train with DDP or ZeRO-2 to have every checkpoint scored",
+                ", without eval.hook" if hook is not None else "",
+            )
+        checkpoints, hook = [], None
 
     def score(step: int, path: Path) -> dict[str, Any]:
         metrics = trainer.evaluate()
@@ -89,17 +109,23 @@ def evaluate_checkpoints(
             trainer.accelerator.wait_for_everyone()
         return {"step": step, "path": str(path), **metrics}
 
-    checkpoints = list_checkpoints(folder)
     rows = []
     for step, path in checkpoints:
         load_weights(model, path)
         rows.append(score(step, path))
     if checkpoints:
-        trainer.accelerator.wait_for_everyone()  # the main process has written the final weights
         load_weights(model, folder)
     if not checkpoints or checkpoints[-1][0] != trainer.state.global_step:
         rows.append(score(trainer.state.global_step, folder))
     return {"checkpoints": rows, "best": pick_best(rows, spec), "metric": spec.metric}
+
+
+def is_sharded(trainer: Any) -> bool:
+    """True when each process holds only a shard of the weights (DeepSpeed ZeRO-3 or FSDP)."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
+    return plugin is not None and plugin.zero_stage == 3
 
 
 def pick_best(rows: list[dict[str, Any]], spec: EvalSpec) -> dict[str, Any] | None:

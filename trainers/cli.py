@@ -47,31 +47,44 @@ def add_train_commands(subparsers: Any) -> None:
     _add_subcommands(train.add_subparsers(dest="train_command", required=True))
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a multi-process launch (accelerate launch, torchrun, mpirun), or a single process. Read
+    from the launcher's environment: it is needed before the trainer sets up the process group."""
+    from accelerate.utils import get_int_from_env
+
+    return get_int_from_env(["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"], 0) == 0
+
+
 def run_train(args: argparse.Namespace) -> int:
     # Heavy imports here, so `python -m engine --help` stays fast.
     from trainers.fit import describe
 
+    main = is_main_process()
     log = logging.getLogger("trainers")
     if not log.handlers:  # resume points, cut answers and dropped examples are worth seeing on the terminal
         log.addHandler(logging.StreamHandler())
-        log.setLevel(logging.INFO)
+        # once per run, not once per process: the other ranks only report errors
+        log.setLevel(logging.INFO if main else logging.ERROR)
 
     if args.train_command == "merge":
         from trainers.merge import merge_adapter
 
         print(f"merged model written to {merge_adapter(args.adapter_dir, args.output, args.base)}")
         return 0
-    from accelerate import PartialState
-
     from trainers.methods import get_method
     from trainers.spec import load_spec
 
-    spec = load_spec(args.spec, args.overrides, args.train_command)
-    method = get_method(args.train_command)
-    if args.dump_examples:
-        return _dump(method.examples(spec), args.dump_examples)
-    summaries = method.run(spec)
-    if PartialState().is_main_process:
+    try:
+        spec = load_spec(args.spec, args.overrides, args.train_command)
+        method = get_method(args.train_command)
+        if args.dump_examples:
+            return _dump(method.examples(spec), args.dump_examples)
+        summaries = method.run(spec)
+    except SpecError:
+        if main:
+            raise  # one `error: ...` line (the CLI prints it), not one per process
+        raise SystemExit(2) from None
+    if main:
         for summary in summaries:
             print(describe(summary))
     return 0

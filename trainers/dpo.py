@@ -44,10 +44,12 @@ def build_dpo_trainer(
     spec: TrainSpec, train: list[dict[str, Any]], evaluation: list[dict[str, Any]], out: Path
 ) -> DPOTrainer:
     init = Path(spec.dpo.init_adapter) if spec.dpo.init_adapter else None
+    # the config first: under DeepSpeed ZeRO-3 it switches on zero.Init, so the model below loads sharded
+    args = trl_config(spec, "dpo", out)
     model, peft_config = load_for_training(spec, init, "dpo.init_adapter")
     trainer = DPOTrainer(
         model=model,
-        args=trl_config(spec, "dpo", out),
+        args=args,
         train_dataset=Dataset.from_list(train),
         eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
         processing_class=load_tokenizer(base_folder(spec)),

@@ -55,10 +55,12 @@ def build_sft_trainer(
     spec: TrainSpec, task: Task, train: list[dict[str, Any]], evaluation: list[dict[str, Any]], out: Path
 ) -> SFTTrainer:
     init = task_dir(Path(spec.sft.init_adapter), task) if spec.sft.init_adapter else None
+    # the config first: under DeepSpeed ZeRO-3 it switches on zero.Init, so the model below loads sharded
+    args = trl_config(spec, "sft", out)
     model, peft_config = load_for_training(spec, init, "sft.init_adapter")
     trainer = SFTTrainer(
         model=model,
-        args=trl_config(spec, "sft", out),
+        args=args,
         train_dataset=Dataset.from_list(train),
         eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
         processing_class=load_tokenizer(base_folder(spec)),
