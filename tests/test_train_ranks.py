@@ -33,10 +33,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], *, watch: Path | None = None, log: Path | None = None, timeout: int = 300):
-    """`accelerate launch --main_process_port P ARGS` with two CPU ranks; optionally logging writes under
-    `watch` into `log` (tests/rank_writes)."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+def launch(
+    args: list[str],
+    *,
+    watch: Path | None = None,
+    log: Path | None = None,
+    cpu: bool = True,
+    timeout: int = 300,
+):
+    """`accelerate launch --main_process_port P ARGS`, with ACCELERATE_USE_CPU=1 unless `cpu` is false;
+    optionally logging writes under `watch` into `log` (tests/rank_writes)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if cpu:
+        env["ACCELERATE_USE_CPU"] = "1"
+    else:
+        env.pop("ACCELERATE_USE_CPU", None)
     if watch is not None and log is not None:
         log.mkdir(parents=True, exist_ok=True)
         env |= {"PYTHONPATH": str(WRITES_HOOK), "RANK_WRITES_UNDER": str(watch), "RANK_WRITES_LOG": str(log)}
@@ -60,6 +71,7 @@ def test_sft_on_two_ranks_writes_one_adapter_and_one_summary_from_the_main_proce
             "--set", f"base_model={tiny_model()}", "--set", f"data.train=['{RECORDS}']",
             "--set", f"data.prompts_dir={PROMPTS}", "--set", f"output_dir={out}",
             "--set", "save_steps=1",  # two checkpoints: each rank must score both, after the last is written
+            "--set", "max_length=200",  # cuts 3 of 6 training answers (237, 226, 220 tokens), 2 of 2 held out
         ],
         watch=out,
         log=tmp_path / "writes",
@@ -69,6 +81,13 @@ def test_sft_on_two_ranks_writes_one_adapter_and_one_summary_from_the_main_proce
     assert summary["processes"] == 2 and summary["steps"] == 2
     assert summary["records"] == {"train": 6, "validation": 2}
     assert [row["step"] for row in summary["evaluation"]["checkpoints"]] == [1, 2]
+    # counted over the whole data set (not one rank's share) and warned once
+    assert summary["max_length_cuts"] == {
+        "max_length": 200,
+        "train": {"examples": 6, "cut": 3, "dropped": 0, "longest": 237},
+        "validation": {"examples": 2, "cut": 2, "dropped": 0, "longest": 210},
+    }
+    assert proc.stderr.count("cuts the end of the answer") == 1
     # one terminal line for the run, not one per process
     (line,) = [line for line in proc.stdout.splitlines() if line.startswith("sft joint:")]
     assert line.startswith("sft joint: 2 steps")
@@ -86,6 +105,29 @@ def test_sft_on_two_ranks_writes_one_adapter_and_one_summary_from_the_main_proce
     assert [path for _, event, path in logged if event == "os.rename"].count(str(out / "summary.json")) == 1
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
     assert load_file(out / "adapter_model.safetensors")  # complete and readable
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_processes_that_would_each_train_alone_are_refused_in_one_line(tmp_path):
+    # `use_cpu = false` without a GPU and without ACCELERATE_USE_CPU: torchrun starts two processes, but
+    # the trainer sets up no process group, so each would train the whole run alone into one folder
+    out = tmp_path / "sft"
+    proc = launch(
+        [
+            "--multi_gpu", "--num_processes", "2", "-m", "engine", "train", "sft", "runs/demo/train.toml",
+            "--set", f"base_model={tiny_model()}", "--set", f"data.train=['{RECORDS}']",
+            "--set", f"output_dir={out}", "--set", "use_cpu=false",
+        ],
+        cpu=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: launched as 2 processes, but the trainer sees 1: each would train alone into the same "
+        "output folder (no GPU visible to them?); on CPU keep use_cpu on and launch "
+        "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 ...`"
+    ]
+    assert not out.exists()  # refused before the model loaded
 
 
 # ---- FIRST: two ranks x gradient accumulation give the single-process gradient ----

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from engine.errors import SpecError
 from trainers.checkpoints import evaluate_checkpoints, load_hook, resume_point
 from trainers.spec import TrainSpec, config_class
 from trainers.summary import build_summary, write_summary
@@ -15,13 +16,30 @@ log = logging.getLogger(__name__)
 
 
 def trl_config(spec: TrainSpec, method: str, out: Path) -> Any:
-    """The method's config dataclass from the spec; TRL's own complaint becomes one line naming the table."""
+    """The method's config dataclass from the spec; TRL's own complaint becomes one line naming the table.
+    Refuses a launch whose processes would each train alone (see `check_world`)."""
     kwargs = {**spec.trainer_args(method), "output_dir": str(out)}
     try:
-        return config_class(method)(**kwargs)
+        config = config_class(method)(**kwargs)
     except (ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise spec.fail(method, first) from None
+    check_world(config.world_size)
+    return config
+
+
+def check_world(trainer_processes: int) -> None:
+    """`accelerate launch --multi_gpu` (or torchrun) with no GPU visible and no ACCELERATE_USE_CPU starts N
+    processes that each train alone, world size 1, into the same output folder. Refuse that."""
+    from accelerate.utils import get_int_from_env
+
+    launched = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+    if launched != trainer_processes:
+        raise SpecError(
+            f"launched as {launched} processes, but the trainer sees {trainer_processes}: each would train "
+            "alone into the same output folder (no GPU visible to them?); on CPU keep use_cpu on and launch "
+            f"`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {launched} ...`"
+        )
 
 
 def full_length(tokenizer: Any, prompt: Any, completion: Any) -> int:

@@ -110,23 +110,47 @@ class FirstTrainer(SFTTrainer):
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
         reader, c = open_store(args, processing_class)
+        head = model.get_output_embeddings().weight
         if kwargs.get("data_collator") is None:
             kwargs["data_collator"] = FirstCollator(
                 reader,
                 processing_class.pad_token_id,
                 k=args.k,
-                vocab_size=model.get_output_embeddings().weight.shape[0],
+                vocab_size=getattr(head, "ds_shape", head.shape)[0],  # ZeRO-3 holds a shard: its full shape
                 key_field=args.key_field,
             )
         super().__init__(model, args=args, processing_class=processing_class, **kwargs)
         self.first_loss = FirstLoss(c, args.tail_bucket, args.ce_weight, args.logit_chunk_tokens)
         self._head_checked = False
+        self._gathered_head: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._eval_stats: NextTokenStats | None = None
 
-    def _check_head(self, outputs: Any, head_module: torch.nn.Module, head: HeadTransform) -> None:
+    def _head_params(self, head_module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The LM head's weight and bias, whole. Under DeepSpeed ZeRO-3 a process holds only a shard of
+        them outside the module's own forward: a frozen head (LoRA) is gathered once and a copy kept, which
+        also outlives the gather for backward. A trainable one (full fine-tuning) is refused there."""
+        weight, bias = head_module.weight, head_module.bias
+        if not hasattr(weight, "ds_id"):  # not partitioned by ZeRO-3
+            return weight, bias
+        if weight.requires_grad:
+            raise SpecError(
+                "FIRST under DeepSpeed ZeRO-3 needs a frozen LM head (LoRA); for full fine-tuning use "
+                "configs/accelerate/deepspeed_zero2.yaml or multi_gpu.yaml"
+            )
+        if self._gathered_head is None:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p for p in (weight, bias) if p is not None]):
+                copy = (weight.detach().clone(), None if bias is None else bias.detach().clone())
+            self._gathered_head = copy
+        return self._gathered_head
+
+    def _check_head(
+        self, outputs: Any, weight: torch.Tensor, bias: torch.Tensor | None, head: HeadTransform
+    ) -> None:
         with torch.no_grad(), self.accelerator.autocast():
             last = outputs.hidden_states[-1][:, -1]
-            ours = head(torch.nn.functional.linear(last, head_module.weight, head_module.bias))
+            ours = head(torch.nn.functional.linear(last, weight, bias))
             theirs = outputs.logits[:, -1].float()
         # a scaling convention shows as a factor or a squashing, far beyond bf16 rounding (~0.4%)
         if (ours - theirs).abs().max() > 0.02 * theirs.abs().max() + 0.05:
@@ -156,11 +180,12 @@ class FirstTrainer(SFTTrainer):
             getattr(text_config, "logit_scale", None) or 1.0,
             getattr(text_config, "final_logit_softcapping", None),
         )
+        weight, bias = self._head_params(head_module)
         if not self._head_checked:  # the one logit the model computed must match ours (scaling conventions)
-            self._check_head(outputs, head_module, head)
+            self._check_head(outputs, weight, bias, head)
         ids, lps = t_ids[:, :-1][mask], t_lps[:, :-1][mask]
         gold = labels[:, 1:][mask]
-        weight, bias, valid = head_module.weight, head_module.bias, torch.isfinite(lps)
+        valid = torch.isfinite(lps)
         with self.accelerator.autocast():  # the LM head at the precision the model's own forward uses
             scores = student_scores(
                 hidden, weight, bias, ids, valid, gold if cfg.ce_weight else None, head, cfg.tail_bucket,
