@@ -120,6 +120,11 @@ class FirstTrainer(SFTTrainer):
                 key_field=args.key_field,
             )
         super().__init__(model, args=args, processing_class=processing_class, **kwargs)
+        if self.is_fsdp_enabled:  # its LM head is a DTensor shard outside the forward; see _head_params
+            raise SpecError(
+                "FIRST reads the LM head outside the model's forward, which FSDP shards: launch with "
+                "configs/accelerate/multi_gpu.yaml or a DeepSpeed config"
+            )
         self.first_loss = FirstLoss(c, args.tail_bucket, args.ce_weight, args.logit_chunk_tokens)
         self._head_checked = False
         self._gathered_head: tuple[torch.Tensor, torch.Tensor | None] | None = None
