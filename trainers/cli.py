@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import SpecError
+from trainers.ranks import is_main_process
 
 
 def _add_subcommands(sub: Any) -> None:
@@ -45,14 +46,6 @@ def add_train_commands(subparsers: Any) -> None:
     """Register `train METHOD|merge` under an argparse sub-parser collection (handler: `args.func`)."""
     train = subparsers.add_parser("train", help="train with TRL (sft, dpo, first) or merge an adapter")
     _add_subcommands(train.add_subparsers(dest="train_command", required=True))
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a multi-process launch (accelerate launch, torchrun, mpirun), or a single process. Read
-    from the launcher's environment: it is needed before the trainer sets up the process group."""
-    from accelerate.utils import get_int_from_env
-
-    return get_int_from_env(["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"], 0) == 0
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ import orjson
 from engine.errors import SpecError
 from engine.types import Record
 from generators.medical.format import SPLIT, FormatSpec, PromptFormat, Task, find_format, load_format
+from trainers.ranks import is_main_process
 from trainers.spec import TrainSpec
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ def save_format(fmt: PromptFormat, root: Path, tasks: list[Task], init_adapter: 
     previous = find_format(init_adapter) if init_adapter else None
     if previous is not None and (changes := fmt.changes(load_format(previous).format)):
         log.warning("prompt format differs from the one %s was trained on: %s", previous, "; ".join(changes))
+    if not is_main_process():
+        return  # one writer: the other ranks of a launch train the same format
     for folder in dict.fromkeys([root, *(task_dir(root, task) for task in tasks)]):
         fmt.save(folder, tasks)
 

@@ -66,8 +66,8 @@ def train_dpo(spec: TrainSpec) -> list[dict[str, Any]]:
     check_test_overlap(spec, source_records)
     train, validation = split_pairs(spec, pairs, fmt)
     out = Path(spec.dpo.output_dir)
-    save_format(fmt, out, ["joint"], Path(spec.dpo.init_adapter) if spec.dpo.init_adapter else None)
     trainer = build_dpo_trainer(spec, train, validation, out)
+    save_format(fmt, out, ["joint"], Path(spec.dpo.init_adapter) if spec.dpo.init_adapter else None)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         Dataset.from_list(pairs).to_json(out / "pairs.jsonl", force_ascii=False)

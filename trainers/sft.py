@@ -84,9 +84,9 @@ def train_sft(spec: TrainSpec) -> list[dict[str, Any]]:
         out = task_dir(root, task)
         eval_examples = examples(fmt, validation, task, "data.validation")
         train_examples = examples(fmt, train, task)
-        if task == tasks[0]:  # the records render: the adapters will be asked in this format
-            save_format(fmt, root, tasks, init)
         trainer = build_sft_trainer(spec, task, train_examples, eval_examples, out)
+        if task == tasks[0]:  # the launch is sound and the records render: saved before the first step
+            save_format(fmt, root, tasks, init)
         summaries.append(
             fit(
                 trainer,
