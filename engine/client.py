@@ -16,7 +16,7 @@ from tenacity import RetryCallState
 from engine.client_log import EventLog
 from engine.errors import Fatal, Halted, ProviderError, RateLimited, RunStopped, Transient
 from engine.limiter import Limiter
-from engine.providers.base import Provider
+from engine.providers.base import Api, Provider
 from engine.retry import (
     BACKOFF_BASE_S,
     BACKOFF_MAX_S,
@@ -197,14 +197,14 @@ class LLMClient:
             self._on_event(event, {"provider": self.provider.name, **data})
         self._log(event, data)
 
-    async def preflight(self) -> None:
-        """One cheap request before fan-out; raises Fatal(stop_run=True) with a one-line reason."""
+    async def preflight(self, api: Api = "chat") -> None:
+        """One cheap request to `api` before fan-out; raises Fatal(stop_run=True) with a one-line reason."""
         for attempt in range(1, PREFLIGHT_ATTEMPTS + 1):
             try:
                 # the probe counts against the server's RPM, and the ledger counts what reached a server
                 async with self.limiter.slot(1), self._metered(0, 1, check=False) as ticket:
                     try:
-                        answer = await self.provider.preflight()
+                        answer = await self.provider.preflight(api)
                     except ProviderError as exc:
                         ticket.sent, ticket.status = exc.status is not None, exc.status
                         raise

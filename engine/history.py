@@ -74,12 +74,16 @@ class Run:
 
 
 def find_runs(root: Path) -> list[Run]:
-    """Every folder under `root` holding a run manifest, oldest first."""
+    """Every folder under `root` holding a run manifest, oldest first. Other files of that name (a top-k
+    store's, a model's) are no runs: a run manifest has its `stages`."""
     runs = []
     for manifest in root.rglob("manifest.json"):
+        data = orjson.loads(manifest.read_bytes())
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+            continue
         notes_path = manifest.parent / NOTES
         notes = orjson.loads(notes_path.read_bytes()) if notes_path.exists() else {}
-        runs.append(Run(manifest.parent, orjson.loads(manifest.read_bytes()), notes))
+        runs.append(Run(manifest.parent, data, notes))
     return sorted(runs, key=lambda r: (r.manifest.get("created", ""), r.name))
 
 

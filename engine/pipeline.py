@@ -433,10 +433,16 @@ class Pipeline:
         if name not in self._ready:
             stages = self._stages()
             later = stages[stages.index(self._current) :] if self._current in stages else stages
-            names = [
-                n for n in dict.fromkeys(n for s in later for n in self._providers(s)) if n not in self._ready
+            apis: dict[str, set[str]] = {}
+            for s in later:
+                for n in self._providers(s):
+                    apis.setdefault(n, set()).add(self.loaded.generators[s.name].api(n))
+            names = [n for n in apis if n not in self._ready]
+            # a provider only a capture stage asks is checked on /completions, as the capture will ask it
+            self._preflights = [
+                asyncio.create_task(self.clients[n].preflight("chat" if "chat" in apis[n] else "completions"))
+                for n in names
             ]
-            self._preflights = [asyncio.create_task(self.clients[n].preflight()) for n in names]
             try:
                 results = await asyncio.gather(*self._preflights, return_exceptions=True)
             finally:

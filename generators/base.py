@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from engine.providers.base import Api
 from engine.types import Completion, Record, WorkItem
 
 # `llm(request)` asks the stage's provider; `llm(request, provider=NAME)` another declared provider (one
@@ -53,6 +54,11 @@ class Generator:
         """The declared providers this stage asks besides its own (`llm(request, provider=NAME)`): the run
         builds and preflights their clients with the stage's own, before the first request."""
         return []
+
+    def api(self, provider: str) -> Api:
+        """What this stage sends `provider` (its own or an extra one): chat messages, or token ids to the
+        completions API. The run's preflight asks the same API."""
+        return "chat"
 
     def work(self, record: Record) -> Iterable[WorkItem]:
         """Work items for one input record (default: `stage.samples` samples of it)."""

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from engine.errors import Fatal, SpecError
 from engine.journal import SPACE_ERRORS, disk_full
+from engine.providers.base import Api
 from engine.types import ChatRequest, Record, TokenTopK, WorkItem
 from generators.base import LLM, Generator, GeneratorConfig, register
 
@@ -82,6 +83,9 @@ class TopKCapture(Generator):
             raise SpecError(
                 f"stage {self.stage.name!r}: mode = 'generate' needs prompts as lists of messages"
             )
+
+    def api(self, provider: str) -> Api:
+        return "completions" if self.config.mode == "score" else "chat"
 
     def fingerprint(self, record: Record) -> Any:
         # k, mode and the teacher are in the stage's answer settings (engine/keys.py); the tokenizer here, by

@@ -28,6 +28,11 @@ import orjson
 from aiohttp import web
 
 CHARS_PER_TOKEN = 4  # the fake tokenizer: every 4 characters of text are one token
+# vLLM's answer to a chat request for a model whose tokenizer has no chat template (a base model)
+NO_CHAT_TEMPLATE = (
+    "As of transformers v4.44, default chat template is no longer allowed, so you must provide a chat "
+    "template if the tokenizer does not define one."
+)
 
 
 def count_tokens(text: str) -> int:
@@ -72,6 +77,7 @@ class Behaviour:
     honour_token_ids: bool = True  # False: token strings even when asked for return_tokens_as_token_ids
     scorer: Callable[[list[int], int], list[Any]] | None = None  # (ids, k) -> vLLM prompt_logprobs
     max_logprobs: int = 20  # vLLM's --max-logprobs: a larger prompt_logprobs is a 400
+    chat_template: bool = True  # False: a base model without one; vLLM answers chat requests with a 400
 
 
 class ModelScorer:
@@ -265,6 +271,8 @@ class FakeServer:
         if b.models is not None and body.get("model") not in b.models:
             msg = f"The model `{body.get('model')}` does not exist."
             return _error(404, msg, "invalid_request_error", "model_not_found")
+        if not b.chat_template and "messages" in body:
+            return _error(400, NO_CHAT_TEMPLATE, "BadRequestError", None)
         if fault is not None:
             if fault.kind == "hang":
                 await asyncio.sleep(b.hang_s)

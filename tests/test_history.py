@@ -21,6 +21,10 @@ def two_runs(root: Path, url: str) -> None:
 
 def test_runs_table_notes_and_deltas(tmp_path: Path, fake_server) -> None:
     two_runs(tmp_path, fake_server.url)
+    # other files named manifest.json under a run (a top-k store's) are no runs
+    store = tmp_path / "v1" / "out" / "capture" / "topk"
+    store.mkdir(parents=True)
+    (store / "manifest.json").write_bytes(orjson.dumps({"format": "topk-shards/2", "k": 5}))
     engine("runs", "note", "v1", "--score", "1765", "--text", "zero-shot", "--dir", tmp_path)
     engine("runs", "note", "v2", "--score", "1799", "--dir", tmp_path)
     rows = orjson.loads(engine("runs", tmp_path, "--json").stdout)

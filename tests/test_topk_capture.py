@@ -308,6 +308,22 @@ def test_a_server_without_prompt_logprobs_stops_the_run_and_names_sft(teacher, t
     assert journal_ok(tmp_path / "run") == [] and len(TopKReader(store_of(tmp_path / "run"))) == 0
 
 
+def test_a_base_model_without_a_chat_template_passes_the_preflight_on_the_completions_api(teacher, tmp_path):
+    """vLLM serving a base model answers chat requests with a 400. A capture only asks /completions, so its
+    preflight does too; a stage that chats with the same server still stops at its preflight."""
+    model_dir, scorer = teacher
+    rows = records(3)
+    with FakeServer(scorer=scorer, chat_template=False) as server:
+        engine_here("run", capture_spec(tmp_path / "run", served(server.url), model_dir, rows), "--quiet")
+        assert server.bodies[0] == {"model": "test-model", "prompt": "ping", "max_tokens": 1}
+        assert not any("messages" in b for b in server.bodies) and server.status_counts[400] == 0
+        chat = capture_spec(tmp_path / "chat", served(server.url), model_dir, rows, 'mode = "generate"')
+        stopped = engine_here("run", chat, "--quiet", check=False)
+    assert len(TopKReader(store_of(tmp_path / "run"))) == len(rows)
+    assert stopped.returncode == 1 and "failed its preflight" in stopped.stderr
+    assert "chat template" in stopped.stderr
+
+
 def test_a_teacher_with_another_vocabulary_is_refused(teacher, tmp_path):
     model_dir, scorer = teacher
 

@@ -3,11 +3,14 @@ they make one request and translate failures into engine.errors classes."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from engine.types import ChatRequest, Completion
+
+# What a stage sends its provider: chat messages, or token ids to the completions API (teacher forcing).
+Api = Literal["chat", "completions"]
 
 
 class ProviderConfig(BaseModel):
@@ -51,9 +54,10 @@ class Provider:
         """One answer; a `prompt_ids` request (teacher forcing) only where the kind supports it."""
         raise NotImplementedError
 
-    async def preflight(self) -> Completion | None:
-        """One cheap request (its answer, for the run's ledger, when there is one); raise
-        errors.Fatal(stop_run=True) with a clear message on failure."""
+    async def preflight(self, api: Api = "chat") -> Completion | None:
+        """One cheap request to the API the run's stages will use (`api`: chat messages, or completions of
+        token ids), its answer, for the run's ledger, when there is one; raise errors.Fatal(stop_run=True)
+        with a clear message on failure."""
 
     def account(self) -> str | None:
         """Who the provider counts rate limits against, as a stable hash (never the key itself): the

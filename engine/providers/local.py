@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from engine.errors import EngineError, Fatal
-from engine.providers.base import Provider, ProviderConfig
+from engine.providers.base import Api, Provider, ProviderConfig
 from engine.providers.grammar import grammar_key
 from engine.providers.local_params import gen_params
 from engine.providers.local_worker import BatchWorker, Job
@@ -74,8 +74,9 @@ class LocalProvider(Provider):
 
     # --- public API -------------------------------------------------------------------------------
 
-    async def preflight(self) -> None:
-        """Load (converting the GGUF on first use); raises Fatal(stop_run=True) with a one-line reason."""
+    async def preflight(self, api: Api = "chat") -> None:
+        """Load (converting the GGUF on first use); raises Fatal(stop_run=True) with a one-line reason.
+        The model serves both APIs, so `api` changes nothing."""
         await self._worker.submit("load")
 
     async def complete(self, request: ChatRequest) -> Completion:

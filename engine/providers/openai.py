@@ -28,7 +28,7 @@ import orjson
 from pydantic import Field
 
 from engine.errors import Fatal, ProviderError, RateLimited, SpecError, Transient
-from engine.providers.base import Provider, ProviderConfig
+from engine.providers.base import Api, Provider, ProviderConfig
 from engine.types import ChatRequest, Completion, TokenTopK, Usage
 
 PREFLIGHT_TIMEOUT_S = 20.0  # a 1-token answer; longer means the endpoint is not usable right now
@@ -113,11 +113,15 @@ class OpenAIProvider(Provider):
             params["logprobs"] = True  # the API rejects top_logprobs without it
         return await self._create(request.messages, params, request.extra_body, self.config.timeout_s)
 
-    async def preflight(self) -> Completion | None:
-        ping = [{"role": "user", "content": "ping"}]
+    async def preflight(self, api: Api = "chat") -> Completion | None:
+        """A 1-token answer from the API the stages use: a capture stage's teacher may be a base model
+        served without a chat template, whose chat endpoint fails although /completions works."""
         timeout = min(self.config.timeout_s, PREFLIGHT_TIMEOUT_S)
         try:
-            return await self._create(ping, {"max_tokens": 1}, {}, timeout)
+            if api == "completions":
+                body = {"model": self.config.model, "prompt": "ping", "max_tokens": 1}
+                return await self._post("/completions", body, timeout, self._to_completion)
+            return await self._create([{"role": "user", "content": "ping"}], {"max_tokens": 1}, {}, timeout)
         except RateLimited:
             return None  # reachable, key and model accepted; the limiter handles the rate
         except Fatal as exc:
