@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements-extra.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install system-deps demo test lint bench clean
+.PHONY: install system-deps demo demo-first test lint bench clean
 
 # Debian packages the tests need (CI runs as root on Debian). Installed only when missing; elsewhere the
 # tests that need them skip and say why.
@@ -29,6 +29,20 @@ demo: install
 	$(PY) -m engine export runs/demo/spec.toml --stage label_reasons --format submission -o runs/demo/out/submission.jsonl
 	$(PY) -m engine train sft runs/demo/train.toml
 	$(PY) -m engine run runs/demo/student.toml
+	$(PY) -m engine eval runs/demo/student.toml:predict --gold runs/demo/test_gold.jsonl
+
+# FIRST's loop on the same records (docs/first.md): the demo's SFT student is the teacher, so `make demo`
+# runs first when its adapter is missing. Rows to capture (the train spec renders them), the teacher's
+# top-5, calibration, FIRST training, the student asked in its training format, scored, beside the SFT run.
+demo-first: install
+	test -f runs/demo/out/train/sft/adapter_model.safetensors || $(MAKE) demo
+	$(PY) -m engine train first runs/demo-first/train.toml --dump-examples runs/demo-first/out/rows.jsonl
+	$(PY) -m engine run runs/demo-first/capture.toml
+	$(PY) -m engine distill calibrate runs/demo-first/out/capture/teacher_topk/topk --val-fraction 1
+	$(PY) -m engine train first runs/demo-first/train.toml
+	$(PY) -m engine run runs/demo-first/student.toml
+	$(PY) -m engine eval runs/demo-first/student.toml:predict --gold runs/demo/test_gold.jsonl
+	$(PY) -m engine runs
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

@@ -136,6 +136,60 @@ def test_one_record_renders_identically_at_training_and_prediction_time(tmp_path
     assert len(demos) == 2 and record["id"] not in {d["id"] for d in demos}  # never the record itself
 
 
+def test_a_first_student_is_asked_exactly_as_its_labelled_records_were_rendered(
+    tmp_path: Path, capsys, caplog
+) -> None:
+    """FIRST on labelled records: `train first --dump-examples` renders them with [data]'s format (the rows
+    to capture the teacher's top-k on), `train first` saves that format beside the adapter, and a predict
+    stage with `format_from` = the FIRST output asks every record with the messages it was trained on."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.train_helpers import FAST, tiny_model
+    from trainers.first.teacher import write_teacher_store
+    from trainers.first.trainer import train_first
+
+    path = train_spec(tmp_path, f'demos = "{RECORDS}"\nk = 2\n')  # few-shot: demos drawn per record
+    first = 'store = "store"\nkey_field = "id"\nc = "none"\noutput_dir = "out/first"\nmax_steps = 1\n'
+    path.write_text(
+        path.read_text(encoding="utf-8") + f"[first]\n{first}save_strategy = 'no'\n{FAST.replace('512', '1024')}", encoding="utf-8"
+    )
+    rows = dump(path, capsys, command="first")
+    assert sorted(r["id"] for r in rows) == list(range(1, 9)) and "示例1" in rows[0]["prompt"][1]["content"]
+    teacher = tiny_model()  # the store: the rows as dumped, scored as the capture stage scores them
+    write_teacher_store(
+        AutoModelForCausalLM.from_pretrained(teacher), AutoTokenizer.from_pretrained(teacher), rows,
+        str(tmp_path / "store"), key_field="id",
+    )  # fmt: skip
+    (summary,) = train_first(load_spec(path, command="first"))
+    assert summary["alignment"]["distilled_share"] == 1 and summary["alignment"]["prompt_mismatches"] == 0
+    out = tmp_path / "out" / "first"
+    spec = load_spec(path, command="first")
+    assert orjson.loads((out / FORMAT_FILE).read_bytes()) == spec.prompt_format().to_dict(["joint"])
+
+    run = load_run_spec(predict_spec(tmp_path, "http://127.0.0.1:9/v1", f'format_from = "{out}"\n'))
+    predict = run.generators["predict"]
+    assert predict.mode == "joint"
+    for row, record in zip(sorted(rows, key=lambda r: r["id"]), records(), strict=True):
+        question = {"id": record["id"], "feature_content": record["feature_content"]}
+        assert predict.messages(question, "joint") == row["prompt"], record["id"]
+
+    # the same rows, given as rendered rows, train too, but carry no format: the file the labelled run
+    # left is removed, so format_from cannot ask the new student in a format it may not have seen
+    (tmp_path / "rows.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    text = path.read_text(encoding="utf-8").replace(f'train = ["{RECORDS}"]', 'train = ["rows.jsonl"]')
+    path.write_text(text, encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="trainers"):
+        (summary,) = train_first(load_spec(path, command="first"))
+    assert summary["alignment"]["prompt_mismatches"] == 0 and not (out / FORMAT_FILE).exists()
+    assert "prompt-format keys do not apply" in caplog.text and f"{FORMAT_FILE}: removed" in caplog.text
+    # one kind per run: a labelled record among rows is refused, naming it
+    (tmp_path / "rows.jsonl").write_bytes(
+        (tmp_path / "rows.jsonl").read_bytes() + orjson.dumps({**records()[0], "id": 99}) + b"\n"
+    )
+    with pytest.raises(SpecError, match=r"data.train: record 99 is a record without `prompt`"):
+        train_first(load_spec(path, command="first"))
+
+
 def saved_format(folder: Path, tasks: tuple[str, ...] = ("joint",), data: str = "") -> Path:
     spec = load_spec(train_spec(folder / "train", data))
     save_format(spec.prompt_format(), folder / "adapter", list(tasks), None)  # type: ignore[arg-type]

@@ -22,7 +22,15 @@ import orjson
 
 from engine.errors import SpecError
 from engine.types import Record
-from generators.medical.format import SPLIT, FormatSpec, PromptFormat, Task, find_format, load_format
+from generators.medical.format import (
+    FORMAT_FILE,
+    SPLIT,
+    FormatSpec,
+    PromptFormat,
+    Task,
+    find_format,
+    load_format,
+)
 from trainers.ranks import is_main_process
 from trainers.spec import TrainSpec
 
@@ -120,6 +128,15 @@ def save_format(fmt: PromptFormat, root: Path, tasks: list[Task], init_adapter: 
         return  # one writer: the other ranks of a launch train the same format
     for folder in dict.fromkeys([root, *(task_dir(root, task) for task in tasks)]):
         fmt.save(folder, tasks)
+
+
+def drop_format(root: Path) -> None:
+    """Remove the prompt_format.json an earlier run left in `root`: a run whose records arrived rendered
+    saves none, and `format_from` must not ask its student in a format it may not have been trained on."""
+    stale = root / FORMAT_FILE
+    if is_main_process() and stale.is_file():
+        stale.unlink()
+        log.warning("%s: removed (left by an earlier run; these records arrived rendered)", stale)
 
 
 def split_validation(spec: TrainSpec, records: list[Record]) -> tuple[list[Record], list[Record]]:

@@ -42,14 +42,15 @@ def dpo_rows(spec: TrainSpec) -> Iterator[Row]:
 
 
 def first_rows(spec: TrainSpec) -> Iterator[Row]:
-    """FIRST's records arrive rendered (the rows the teacher's top-k was captured on): each as the trainer
-    reads it, its store key also as `id`."""
+    """What `train first` trains and scores on, its store key also as `id`: labelled records rendered by
+    `[data]`'s format (the rows to capture the teacher's top-k on), or the rendered rows as they are."""
     from trainers.first.trainer import first_examples, first_records
 
     key = spec.first.key_field
-    train, validation = split_validation(spec, first_records(spec))
-    for split, records in (("train", train), ("validation", validation)):
-        for row in first_examples(spec, records, f"data.{split}"):
+    records, fmt = first_records(spec)
+    train, validation = split_validation(spec, records)
+    for split, part in (("train", train), ("validation", validation)):
+        for row in first_examples(spec, part, fmt, f"data.{split}"):
             yield {"id": row[key], "split": split, **row}
 
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from datasets import Dataset
@@ -21,7 +21,7 @@ from trl import SFTConfig, SFTTrainer
 
 from engine.errors import SpecError
 from trainers.checkpoints import load_hook
-from trainers.data import format_keys_given, split_validation, train_records
+from trainers.data import drop_format, format_keys_given, save_format, split_validation, train_records
 from trainers.first.calibrate import resolve_c
 from trainers.first.collator import FirstCollator
 from trainers.first.head import HeadTransform, student_scores, student_top1
@@ -33,6 +33,9 @@ from trainers.fit import fit, trl_config
 from trainers.guard import check_test_overlap
 from trainers.modeling import base_folder, load_for_training, load_tokenizer
 from trainers.spec import TrainSpec
+
+if TYPE_CHECKING:
+    from generators.medical.format import PromptFormat
 
 log = logging.getLogger(__name__)
 MIN_ALIGNED = 0.5  # below this share of completion tokens with a teacher row, the store does not fit
@@ -237,29 +240,50 @@ class FirstTrainer(SFTTrainer):
         return output
 
 
-def first_records(spec: TrainSpec) -> list[dict]:
-    """data.train's records (cut to max_records). They arrive rendered, so `[data]`'s prompt-format keys
-    cannot apply: setting one warns."""
+def first_records(spec: TrainSpec) -> tuple[list[dict], PromptFormat | None]:
+    """data.train's records (cut to max_records) and the prompt format that renders them: labelled task
+    records (no `prompt` field) are rendered by `[data]`'s format, as `train sft` renders them, and that
+    format is saved beside the output; prompt/completion rows arrive rendered (None), so `[data]`'s
+    prompt-format keys cannot apply to them: setting one warns."""
+    records = train_records(spec, "list labelled records, or the prompt/completion rows the store holds")
+    if records and "prompt" not in records[0]:
+        return records, spec.prompt_format()
     if given := format_keys_given(spec):
         log.warning(
-            "%s: [data] %s: prompt-format keys do not apply to `train first` (its records are rendered "
-            "prompt/completion rows already); ignored",
+            "%s: [data] %s: prompt-format keys do not apply to `train first` when its records are "
+            "rendered prompt/completion rows already; ignored",
             spec.path, ", ".join(given),
         )  # fmt: skip
-    return train_records(spec, "list the prompt/completion JSONL files")
+    return records, None
 
 
-def first_examples(spec: TrainSpec, records: list[dict], source: str) -> list[dict]:
-    """{key, prompt, completion} per record: TRL prompt-completion rows, as the store was scored on."""
+def first_examples(spec: TrainSpec, records: list[dict], fmt: PromptFormat | None, source: str) -> list[dict]:
+    """{key, prompt, completion} per record, as the teacher's top-k is captured on: a row as it is, or a
+    labelled record rendered by `fmt` (the joint task). One kind per run: a mix is refused."""
     key = spec.first.key_field
     out = []
     for index, record in enumerate(records):
-        missing = [f for f in (key, "prompt", "completion") if f not in record]
+        rid = record.get(key, record.get("id"))
+        name = f"record {rid!r}" if rid is not None else f"record #{index + 1} (no id)"
+        if key not in record:
+            hint = ' (records are keyed by their id: key_field = "id")' if "id" in record else ""
+            raise spec.fail(source, f"{name}: no {key!r} field (first.key_field){hint}")
+        if ("prompt" in record) != (fmt is None):
+            mix = "a prompt/completion row among labelled records" if fmt else "a record without `prompt`"
+            raise spec.fail(
+                source,
+                f"{name} is {mix}; FIRST takes one kind per run: labelled records (rendered by [data]'s "
+                "prompt format) or prompt/completion rows (as the store was captured on)",
+            )
+        if fmt is not None:
+            out.append({key: record[key], **fmt.example(record, "joint", source)})
+            continue
+        missing = [f for f in ("prompt", "completion") if f not in record]
         if missing:
             raise spec.fail(
                 source,
-                f"record #{index + 1} (id {record.get(key, '?')!r}): missing field(s) {missing}; FIRST "
-                "trains on prompt/completion records, the ones the teacher's top-k was captured on",
+                f"{name}: missing field(s) {missing}; FIRST trains on prompt/completion records, the ones "
+                "the teacher's top-k was captured on",
             )
         out.append({key: record[key], "prompt": record["prompt"], "completion": record["completion"]})
     return out
@@ -295,12 +319,12 @@ def train_first(spec: TrainSpec) -> list[dict[str, Any]]:
     """Check records, test set and store before loading the model; train; returns [the summary]."""
     table = spec.first
     load_hook(spec.eval.hook)  # a typo in the hook name should fail now, not after training
-    records = first_records(spec)
+    records, fmt = first_records(spec)
     check_test_overlap(spec, records, id_field=table.key_field)
     train, validation = split_validation(spec, records)
     train, validation = (
-        first_examples(spec, train, "data.train"),
-        first_examples(spec, validation, "data.validation"),
+        first_examples(spec, train, fmt, "data.train"),
+        first_examples(spec, validation, fmt, "data.validation"),
     )
     out = Path(table.output_dir)
     tokenizer = load_tokenizer(base_folder(spec))
@@ -324,6 +348,11 @@ def train_first(spec: TrainSpec) -> list[dict[str, Any]]:
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    # the launch is sound and the records render: the format is saved before the first step (as SFT does)
+    if fmt is not None:
+        save_format(fmt, out, ["joint"], init)
+    else:
+        drop_format(out)  # rows that arrived rendered carry no format
     report = alignment_report(trainer)
     if report["distilled_share"] < MIN_ALIGNED:
         raise spec.fail(
