@@ -149,9 +149,10 @@ def test_a_first_student_is_asked_exactly_as_its_labelled_records_were_rendered(
     from trainers.first.trainer import train_first
 
     path = train_spec(tmp_path, f'demos = "{RECORDS}"\nk = 2\n')  # few-shot: demos drawn per record
-    first = 'store = "store"\nkey_field = "id"\nc = "none"\noutput_dir = "out/first"\nmax_steps = 1\n'
+    first = 'store = "store"\nkey_field = "id"\nc = "none"\noutput_dir = "out/first"\nsave_strategy = "no"\n'
+    fast = FAST.replace("512", "1024")  # the built-in prompt with two demos is longer than 512 tokens
     path.write_text(
-        path.read_text(encoding="utf-8") + f"[first]\n{first}save_strategy = 'no'\n{FAST.replace('512', '1024')}", encoding="utf-8"
+        f"{path.read_text(encoding='utf-8')}[first]\n{first}max_steps = 1\n{fast}", encoding="utf-8"
     )
     rows = dump(path, capsys, command="first")
     assert sorted(r["id"] for r in rows) == list(range(1, 9)) and "示例1" in rows[0]["prompt"][1]["content"]

@@ -227,7 +227,8 @@ def load_format(folder: Path, key: str = "format_from") -> SavedFormat:
     if path is None or not path.is_file():
         raise SpecError(
             f"{key} {folder}: no {FORMAT_FILE} there or in its parent; give the output_dir of "
-            "`engine train sft|dpo` (it writes the file), or set the prompt keys yourself"
+            "`engine train sft|dpo`, or of `train first` on labelled records (they write the file), or "
+            "set the prompt keys yourself"
         )
     try:
         data = orjson.loads(path.read_bytes())

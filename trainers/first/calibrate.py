@@ -137,7 +137,7 @@ def calibrate_store(
     ece = identity if c is None else dict(grid)[c]
     result = Calibration(
         c, ece, identity, tail_bucket, val_fraction, len(keys), len(gold), agreement, grid,
-        _warnings(c, grid, len(gold), agreement),
+        _warnings(c, grid, len(gold), agreement, val_fraction),
     )  # fmt: skip
     if log:
         log(f"{store_dir}: {len(keys)} validation records, {len(gold)} tokens, tail_bucket={tail_bucket}")
@@ -151,7 +151,9 @@ def calibrate_store(
     return result
 
 
-def _warnings(c: float | None, grid: list[tuple[float, float]], tokens: int, agreement: float) -> list[str]:
+def _warnings(
+    c: float | None, grid: list[tuple[float, float]], tokens: int, agreement: float, val_fraction: float
+) -> list[str]:
     out = []
     if c is not None and c in (grid[0][0], grid[-1][0]):
         effect = "targets close to one-hot: FIRST turns into SFT" if c == grid[0][0] else "flat targets"
@@ -162,7 +164,7 @@ def _warnings(c: float | None, grid: list[tuple[float, float]], tokens: int, agr
     if tokens < MIN_VAL_TOKENS:
         out.append(
             f"only {tokens} validation tokens (< {MIN_VAL_TOKENS}): the ECE per c is noisy; capture more "
-            "records or raise --val-fraction"
+            "records" + (" or raise --val-fraction" if val_fraction < 1 else "")
         )
     if agreement > MAX_TOP1_AGREEMENT:
         out.append(
