@@ -78,7 +78,10 @@ def find_runs(root: Path) -> list[Run]:
     store's, a model's) are no runs: a run manifest has its `stages`."""
     runs = []
     for manifest in root.rglob("manifest.json"):
-        data = orjson.loads(manifest.read_bytes())
+        try:
+            data = orjson.loads(manifest.read_bytes())
+        except orjson.JSONDecodeError:  # no run's: the engine writes its manifests atomically
+            continue
         if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
             continue
         notes_path = manifest.parent / NOTES
