@@ -55,17 +55,19 @@ def prepare(work: Path, dry_run: bool) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from engine.jsonl import read_jsonl
     from engine.model_cache import model_cache_dir
     from trainers.base_model import resolve_base_model
-    from trainers.data import Formatter, read_jsonl
+    from trainers.data import default_format
     from trainers.first.teacher import write_teacher_store
     from trainers.tiny import build_tiny_model
 
     model_dir = (
         build_tiny_model(model_cache_dir() / "tiny-qwen2-h64-l2") if dry_run else resolve_base_model("")
     )
-    records = read_jsonl(RECORDS)
-    examples = Formatter.default().examples(records, "joint")
+    records = list(read_jsonl(RECORDS))
+    fmt = default_format()
+    examples = [fmt.example(r, "joint") for r in records]
     rows = [{"key": str(r["id"]), **e} for r, e in zip(records, examples, strict=True)]
     (work / "examples.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     device = "cuda" if torch.cuda.is_available() else "cpu"

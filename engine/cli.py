@@ -253,9 +253,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from engine.atomic import atomic_output
     from engine.derived import lagging, stale_note
+    from engine.jsonl import write_jsonl
     from engine.overrides import parse_overrides
-    from engine.store import atomic_output, read_outcome
+    from engine.store import read_outcome
 
     loaded = _load(args)
     loaded.stage(args.stage)
@@ -280,7 +282,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     records = read_outcome(stage_dir, "kept")
     if args.format == "jsonl":
-        write = _write_jsonl
+        write = write_jsonl
     else:
         module, function = EXPORTERS[args.format].split(":")
         write = getattr(importlib.import_module(module), function)
@@ -346,14 +348,6 @@ def _check_options(write: Callable[..., int], options: dict[str, Any], fmt: str)
         if key not in known:
             takes = f"its options: {', '.join(known)}" if known else "it takes no --set options"
             raise SpecError(f"export --format {fmt}: unknown option {key!r} ({takes})")
-
-
-def _write_jsonl(records: Any, out: Any) -> int:
-    count = 0
-    for record in records:
-        out.write(orjson.dumps(record) + b"\n")
-        count += 1
-    return count
 
 
 def _status_table(manifest: dict[str, Any]) -> str:

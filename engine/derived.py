@@ -17,17 +17,18 @@ A reader finding the state in flux, or behind the journal, knows the files are s
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
+from engine.atomic import AtomicFile, atomic_output, write_json_atomic
 from engine.errors import DiskFull
 from engine.journal import SPACE_ERRORS, complete_size, disk_full, shard_name, shard_of
-from engine.store import OUTCOMES, write_json_atomic
+from engine.jsonl import jsonl_lines
+from engine.store import OUTCOMES
 
 
 def state_path(stage_dir: Path, shard: int) -> Path:
@@ -50,13 +51,11 @@ class DerivedWriter:
         self.shards = sorted(set(shards))
         self.placed: dict[str, int] = {}  # key -> shard * 3 + outcome: where this commit puts it
         self.counts = {shard: Counter() for shard in self.shards}
-        self.files: dict[tuple[int, str], IO[bytes]] = {}
+        self.files: dict[tuple[int, str], AtomicFile] = {}
         try:
             for shard in self.shards:
-                for outcome in OUTCOMES:
-                    target = self._target(shard, outcome)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    self.files[shard, outcome] = open(_tmp(target), "wb")
+                for outcome in OUTCOMES:  # the shard's lock makes this the only writer of its files
+                    self.files[shard, outcome] = AtomicFile(self._target(shard, outcome), only_writer=True)
         except OSError as exc:
             self.abort()
             raise _translated(stage_dir, exc) from None
@@ -76,15 +75,13 @@ class DerivedWriter:
     def commit(self, journal_bytes: dict[int, int]) -> None:
         try:
             for f in self.files.values():
-                f.flush()
-                os.fsync(f.fileno())
-                f.close()
+                f.finish()
             for shard in self.shards:
                 write_json_atomic(state_path(self.stage_dir, shard), {"journal_bytes": None})
             for shard, outcome in self.files:
                 self._take_out_leaving(shard, outcome)
-            for (shard, outcome), f in self.files.items():
-                os.replace(f.name, self._target(shard, outcome))
+            for f in self.files.values():
+                f.publish()
             for shard in self.shards:
                 state = {"journal_bytes": journal_bytes.get(shard, 0), "counts": dict(self.counts[shard])}
                 write_json_atomic(state_path(self.stage_dir, shard), state)
@@ -104,30 +101,18 @@ class DerivedWriter:
         staying: list[bytes] = []
         leaving = 0
         with open(target, "rb") as f:
-            for line in f:
-                if line.strip() and self.placed.get(record_key(outcome, orjson.loads(line))) == code:
-                    staying.append(line)
+            for line in jsonl_lines(f):
+                if self.placed.get(record_key(outcome, line.record)) == code:
+                    staying.append(line.raw)
                 else:
                     leaving += 1
-        if not leaving:
-            return
-        part = target.with_name(f".{target.name}.staying.tmp")
-        try:
-            with open(part, "wb") as f:
+        if leaving:
+            with atomic_output(target) as f:
                 f.writelines(staying)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(part, target)
-        finally:
-            part.unlink(missing_ok=True)
 
     def abort(self) -> None:
         for f in self.files.values():
-            try:
-                f.close()
-            except OSError:
-                pass  # a full disk cannot take the buffered rest; the file goes anyway
-            Path(f.name).unlink(missing_ok=True)
+            f.abort()
         self.files.clear()
 
 
@@ -194,10 +179,6 @@ def derived_outcomes(stage_dir: Path) -> dict[str, str]:
             else:
                 found[key] = outcome
     return found
-
-
-def _tmp(target: Path) -> Path:
-    return target.with_name(f".{target.name}.tmp")
 
 
 def _translated(stage_dir: Path, exc: OSError) -> Exception:

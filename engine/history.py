@@ -11,9 +11,10 @@ from typing import Any
 
 import orjson
 
+from engine.atomic import write_json_atomic
 from engine.errors import SpecError
 from engine.runs_table import clip
-from engine.store import read_outcome, write_json_atomic
+from engine.store import read_outcome
 
 NOTES = "notes.json"  # beside manifest.json: {"score": float, "text": str}
 EVAL = "eval.json"  # beside a stage's kept/: what `engine eval SPEC:STAGE` measured
@@ -257,26 +258,3 @@ def format_diff(report: dict[str, Any]) -> str:
         for big in info["largest"]:
             lines.append(f"    {big['id']}: {big['length_change']:+d} chars")
     return "\n".join(lines)
-
-
-def resolve_stage(ref: str, run_name: str | None = None) -> tuple[Iterator[dict[str, Any]], Path] | None:
-    """`runs/x/spec.toml:STAGE` -> (that stage's kept records, its folder); None for a plain file.
-    With `run_name`, the stage of the named run (`engine run SPEC --as NAME`)."""
-    spec_path, sep, stage = ref.rpartition(":")
-    if not sep or not spec_path.endswith(".toml"):
-        if run_name is not None:
-            raise SpecError(
-                f"--as {run_name}: give the answers as SPEC:STAGE (e.g. runs/x/spec.toml:predict)"
-            )
-        return None
-    from engine.named_runs import load_run
-
-    loaded = load_run(spec_path, run_name)
-    loaded.stage(stage)
-    stage_dir = loaded.out_dir / stage
-    if not (stage_dir / "kept").is_dir():
-        again = f" --as {run_name}" if run_name else ""
-        raise SpecError(
-            f"{stage_dir}: no kept records yet; run `python -m engine run {spec_path}{again}` first"
-        )
-    return read_outcome(stage_dir, "kept"), stage_dir

@@ -22,6 +22,7 @@ from typing import IO, Any
 import orjson
 
 from engine.errors import DiskFull, SpecError
+from engine.jsonl import Line, jsonl_lines
 
 SPACE_ERRORS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
@@ -117,9 +118,9 @@ class Journal:
         for number, path in enumerate(self.files):
             end = 0
             if path.exists():
-                for offset, entry in scan(path):
-                    self._put(entry["key"], number, offset, entry.get("status") == "failed")
-                    end = offset + entry["_len"]
+                for line in scan(path):
+                    self._put(line.record["key"], number, line.offset, line.record.get("status") == "failed")
+                    end = line.offset + len(line.raw)
             self.sizes.append(end)
         if self.path is not None:
             self._fds[self.files.index(self.path)] = _open_append(self.path)
@@ -195,21 +196,12 @@ def _open_append(path: Path) -> int:
         raise
 
 
-def scan(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(offset, entry) for every complete line of a journal; `entry["_len"]` is the line's length."""
-    offset = 0
+def scan(path: Path) -> Iterator[Line]:
+    """Every complete line of a journal (a torn tail another process may still be writing is not an
+    outcome yet); a line that is not a JSON outcome with a key stops the run with one line."""
+    advice = "a corrupt journal line: move the file aside or delete that line to resume"
     with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            if not line.endswith(b"\n"):
-                return  # a torn tail another process may still be writing: not an outcome yet
-            try:
-                entry = orjson.loads(line)
-                entry["key"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                raise SpecError(
-                    f"{path}:{number}: corrupt journal line (not a JSON outcome with a key); "
-                    f"move the file aside or delete that line to resume"
-                ) from None
-            entry["_len"] = len(line)
-            yield offset, entry
-            offset += len(line)
+        for line in jsonl_lines(f, path, tail="wait", advice=advice):
+            if "key" not in line.record:
+                raise SpecError(f"{path}:{line.number}: no `key`; {advice}")
+            yield line

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import orjson
 
+from engine.atomic import write_json_atomic
 from engine.errors import SpecError
+from engine.overrides import split_item
 from engine.spec import LoadedSpec, load_spec
-from engine.store import write_json_atomic
 
 RECORD = "overrides.json"
 RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -40,15 +41,13 @@ def load_run(
     if not RUN_NAME.match(name):
         raise SpecError(f"--as {name!r}: a run name uses only [A-Za-z0-9_.-]")
     for item in sets:
-        if item.partition("=")[0].strip() in SET_BY_AS:
+        if split_item(item)[0] in SET_BY_AS:
             raise SpecError(f"--set {item}: a named run's name and folder come from --as {name}")
     base = load_spec(spec)
-    folder = base.out_dir.with_name(f"{base.out_dir.name}-{name}")
+    folder = named_folder(base.out_dir, name)
     recorded = _read_record(folder / RECORD)
     if recorded is None and not create:
-        raise SpecError(
-            f"{spec}: no run named {name!r} ({folder} holds none); run `engine run {spec} --as {name}`"
-        )
+        raise _no_run(spec, name, folder)
     if recorded is not None and sets and list(sets) != recorded:
         was = " ".join(f"--set {item}" for item in recorded) or "no --set"
         raise SpecError(
@@ -61,6 +60,25 @@ def load_run(
     if recorded is None:
         write_json_atomic(folder / RECORD, {"name": name, "spec": str(spec), "overrides": overrides})
     return loaded
+
+
+def named_folder(out_dir: Path, name: str) -> Path:
+    """Where the run NAME of a spec whose own output is `out_dir` writes: `<out>-<NAME>`."""
+    return out_dir.with_name(f"{out_dir.name}-{name}")
+
+
+def existing_folder(spec: str | Path, out_dir: Path, name: str) -> Path:
+    """The folder of the named run NAME, which must have been started; SpecError saying how otherwise."""
+    folder = named_folder(out_dir, name)
+    if _read_record(folder / RECORD) is None:
+        raise _no_run(spec, name, folder)
+    return folder
+
+
+def _no_run(spec: str | Path, name: str, folder: Path) -> SpecError:
+    return SpecError(
+        f"{spec}: no run named {name!r} ({folder} holds none); run `engine run {spec} --as {name}`"
+    )
 
 
 def _read_record(path: Path) -> list[str] | None:

@@ -1,4 +1,5 @@
-"""`--set KEY=VALUE` overrides, shared by every command that takes them (run specs, train specs, export).
+"""`--set KEY=VALUE` overrides, shared by every command that takes them (run specs, train specs, export),
+and the one parser of a KEY=VALUE item (`split_item`, also eval's `--weight METRIC=NUMBER`).
 
 A value is read as a TOML literal (`true`, `3`, `0.5`, `"x"`, `[1, 2]`), else kept as plain text
 (`out/try`). Dotted keys address nested tables: `lora.r=8`; an element of an array of tables by its
@@ -14,16 +15,29 @@ from typing import Any
 from engine.errors import SpecError
 
 
-def parse_override(item: str) -> tuple[str, Any]:
-    """`key=value` -> (key, value); a malformed item raises one SpecError line."""
+def split_item(
+    item: str, flag: str = "--set", shape: str = "KEY=VALUE", example: str = "max_steps=2"
+) -> tuple[str, str]:
+    """`key=value` -> (key, the value's text), for every option given as KEY=VALUE (`--set`, eval's
+    `--weight METRIC=NUMBER`); a malformed item raises one SpecError line with an example."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
-        raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set max_steps=2")
+        raise SpecError(f"{flag} {item!r}: expected {shape}, e.g. {flag} {example}")
+    return key.strip(), text
+
+
+def literal(text: str) -> Any:
+    """A value's text read as a TOML literal (`true`, `3`, `0.5`, `"x"`, `[1, 2]`), else kept as text."""
     try:
-        value = tomllib.loads(f"v = {text}")["v"]
+        return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        value = text
-    return key.strip(), value
+        return text
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`key=value` -> (key, value); a malformed item raises one SpecError line."""
+    key, text = split_item(item)
+    return key, literal(text)
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

@@ -22,10 +22,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.atomic import write_json_atomic
 from engine.commit import Committer, RoundCommit, StageReport, count_status
 from engine.derived import DerivedWriter, derived_outcomes, stale_note
 from engine.errors import BadOutput, DiskFull, Fatal, Halted, ProviderError, RunStopped, SpecError
 from engine.journal import Journal
+from engine.jsonl import numbered_jsonl, read_jsonl
 from engine.keys import answer_settings, key_shard, work_key
 from engine.lock import RunLock
 from engine.manifest import build_manifest
@@ -34,14 +36,7 @@ from engine.progress import PLAIN_EVERY_S, StageProgress
 from engine.signals import SignalStop
 from engine.spec import LoadedSpec, StageSpec
 from engine.spend import Budget, Ledger, Meter
-from engine.store import (
-    manifest_path,
-    numbered_jsonl,
-    read_jsonl,
-    read_outcome,
-    shard_name,
-    write_json_atomic,
-)
+from engine.store import manifest_path, read_outcome, shard_name
 from engine.taskpool import TaskPool
 from engine.types import ChatRequest, Completion, Record, WorkItem
 from filters.base import Filter, build_filter

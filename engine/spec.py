@@ -99,7 +99,7 @@ class LoadedSpec:
 
     @property
     def out_dir(self) -> Path:
-        return (self.base_dir / self.spec.run.out).resolve()
+        return out_dir(self.spec, self.path)
 
     @property
     def cache_dir(self) -> Path:
@@ -114,27 +114,46 @@ class LoadedSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def stage(self, name: str) -> StageSpec:
-        for stage in self.spec.stages:
-            if stage.name == name:
-                return stage
-        names = ", ".join(s.name for s in self.spec.stages)
-        raise SpecError(f"{self.path}: no stage named {name!r} (stages: {names})")
+        return stage_named(self.spec, self.path, name)
 
 
-def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> LoadedSpec:
-    """Read, override (`--set stages.NAME.key=value` items, see engine/overrides.py) and validate."""
+def stage_named(spec: Spec, path: Path, name: str) -> StageSpec:
+    """The stage called `name`; SpecError naming the spec's stages otherwise."""
+    for stage in spec.stages:
+        if stage.name == name:
+            return stage
+    names = ", ".join(s.name for s in spec.stages)
+    raise SpecError(f"{path}: no stage named {name!r} (stages: {names})")
+
+
+def out_dir(spec: Spec, path: Path) -> Path:
+    """The run's output folder: `[run] out` read from the spec's folder."""
+    return (path.parent / spec.run.out).resolve()
+
+
+def read_spec(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Spec, str, SpecErrors]:
+    """(the spec, its text, its error reporter): read, overridden (`--set stages.NAME.key=value` items,
+    see engine/overrides.py) and validated, with nothing built: no generator reads its prompts, no
+    provider is made. What a reader of a run's files needs (`spec.toml:STAGE`, `engine view`)."""
     path = Path(path)
     text, data = read_toml(path)
-    overridden = {}
+    given = {}
     for item in overrides:
         key, value = parse_override(item)
-        overridden[apply_override(data, key, value)] = item
-    err = SpecErrors(path, text, Spec, overridden)
+        given[apply_override(data, key, value)] = f"--set {item}"
+    err = SpecErrors(path, text, Spec, given)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise err.from_validation(exc) from None
     _check_out(spec, path, err)
+    return spec, text, err
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> LoadedSpec:
+    """`read_spec`, then every stage's generator and filters and every provider's Config built and checked."""
+    path = Path(path)
+    spec, text, err = read_spec(path, overrides)
     return LoadedSpec(path, spec, text, *_build(spec, path, err), overrides=tuple(overrides))
 
 
@@ -215,7 +234,7 @@ def _check_out(spec: Spec, path: Path, err: SpecErrors) -> None:
 
 def _check_first_record(generator: Any, input_path: Path, where: tuple, err: SpecErrors) -> None:
     """Fail before any request when the input's first record lacks a field the prompt uses."""
-    from engine.store import read_jsonl
+    from engine.jsonl import read_jsonl
 
     first = next(read_jsonl(input_path), None)
     if first is None:

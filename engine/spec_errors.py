@@ -1,12 +1,15 @@
 """Reading a TOML spec and reporting its problems as one line, `file:line: key.path: message`.
 
-Shared by every spec the project reads (the run spec, engine/spec.py; the train spec, trainers/spec.py), so
-they fail the same way: a misspelt key gets "did you mean", a wrong value shows what was given, and a key
-set with `--set` is named by that item (it has no line in the file): `--set lora.r=abc: lora.r: ...`.
+Shared by every config the project reads (the run spec, engine/spec.py; the train spec, trainers/spec.py;
+an import mapping, sources/mapping.py; a provider table, engine/providers; a command's options: filters,
+eval, export), so they fail the same way: a misspelt key gets "did you mean", a wrong value shows what was
+given, and a key set outside the file is named by where it was set: `--set lora.r=abc: lora.r: ...`,
+`--threshold: threshold: ...`.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import tomllib
 import types
@@ -33,49 +36,57 @@ def read_toml(path: str | Path, what: str = "spec") -> tuple[str, dict[str, Any]
 
 
 class SpecErrors:
-    """Turns a key path and a message (or a pydantic error) into a SpecError with the key's line.
+    """Turns a key path and a message (or a pydantic error) into a SpecError naming where the key was set.
 
-    `model` is the spec's root pydantic model: unknown keys are compared with the fields of the table they
-    sit in. `overridden` maps the key path each `--set` item set (as `engine.overrides.apply_override`
-    returns it) to the item."""
+    `path` and `text`: the file (None for keys that come from no file: a command's options, a provider
+    table built in code). `model` is the root pydantic model: unknown keys are compared with the fields of
+    the table they sit in. `given` maps key paths set outside the file to where they were set: the `--set`
+    item (`--set lora.r=abc`, as `engine.overrides.apply_override` returns the path) or the flag."""
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | None = None,
         text: str = "",
         model: type[BaseModel] | None = None,
-        overridden: dict[tuple, str] | None = None,
+        given: dict[tuple, str] | None = None,
     ):
-        self.path = Path(path)
+        self.path = Path(path) if path is not None else None
         self.model = model
         self.lines = key_lines(text)
-        self.overridden = overridden or {}
+        self.given = given or {}
 
     def at(self, loc: tuple | str, message: str) -> SpecError:
         """`where: key.path: message`; loc is a tuple of keys/indices or a dotted string."""
         loc = tuple(loc.split(".")) if isinstance(loc, str) else tuple(loc)
-        return SpecError(
-            f"{self._where(loc)}: {dotted(loc)}: {message}" if loc else f"{self.path}: {message}"
-        )
+        where = self._where(loc)
+        parts = [p for p in (where, dotted(loc), message) if p]
+        return SpecError(": ".join(parts))
 
     def _where(self, loc: tuple) -> str:
-        """`file:line` of the key (or the nearest table above it), or `--set ITEM` when an override set
-        it or created it (`--set run.typo.x=1` makes `run.typo`)."""
+        """`file:line` of the key (or the nearest table above it), or where it was given when an override
+        set it or created it (`--set run.typo.x=1` makes `run.typo`); "" when neither is known."""
         for n in range(len(loc), 0, -1):
             key = loc[:n]
-            if key in self.overridden:
-                return f"--set {self.overridden[key]}"
-            if key in self.lines:
+            if key in self.given:
+                return self.given[key]
+            if key in self.lines and self.path is not None:
                 return f"{self.path}:{self.lines[key]}"
-            below = next((item for k, item in self.overridden.items() if k[:n] == key), None)
+            below = next((where for k, where in self.given.items() if k[:n] == key), None)
             if below is not None:
-                return f"--set {below}"
-        return str(self.path)
+                return below
+        return str(self.path) if self.path is not None else ""
 
     def from_validation(
         self, exc: ValidationError, prefix: tuple = (), fields: tuple[str, ...] = ()
     ) -> SpecError:
         """The first error of `exc` (a misspelt key first: it also shows up as a missing one)."""
+        loc, message = self.describe(exc, prefix, fields)
+        return self.at(loc, message)
+
+    def describe(
+        self, exc: ValidationError, prefix: tuple = (), fields: tuple[str, ...] = ()
+    ) -> tuple[tuple, str]:
+        """(key path, message) of the first error of `exc`, for a caller that words the line itself."""
         errors = exc.errors()
         first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc = self._key_path(prefix + tuple(first["loc"]))
@@ -89,8 +100,10 @@ class SpecErrors:
         elif first["type"] == "missing":
             message = "required key is missing"
         else:
-            message = f"{first['msg']} (got {first.get('input')!r})"
-        return self.at(loc, message)
+            message = first["msg"].removeprefix("Value error, ")  # a validator's own ValueError says it all
+            if not isinstance(first.get("input"), dict):  # a whole table is no help to show
+                message += f" (got {_shown(first.get('input'))})"
+        return loc, message
 
     def _key_path(self, loc: tuple) -> tuple:
         """`loc` without what pydantic appends below a union-typed key (the member type: 'c.float')."""
@@ -111,6 +124,16 @@ class SpecErrors:
             if node is None:
                 return []
         return list(node.model_fields) if _is_model(node) else []
+
+
+def flag_errors(parser: argparse.ArgumentParser) -> SpecErrors:
+    """The reporter for a config a command builds from its flags: each key is named by its flag."""
+    return SpecErrors(given={(a.dest,): a.option_strings[-1] for a in parser._actions if a.option_strings})
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _is_model(node: Any) -> bool:

@@ -22,6 +22,7 @@ import orjson
 
 from engine.errors import RunStopped
 from engine.journal import append_line, shard_name
+from engine.jsonl import jsonl_lines
 
 REFRESH_S = 1.0  # how often other shards' ledgers are re-read while a budget is being checked
 
@@ -34,7 +35,7 @@ class Ledger:
         if self.path is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.offsets: dict[Path, int] = {}
+        self.offsets: dict[Path, tuple[int, int]] = {}  # ledger -> (line number, offset) read up to
         self.totals: dict[str, Counter] = {}
         self.refreshed = 0.0
         self.refresh()
@@ -43,15 +44,13 @@ class Ledger:
         """Read what every ledger gained since the last look (complete lines only)."""
         self.refreshed = time.monotonic()
         for path in sorted(self.dir.glob("shard-*.jsonl")):
-            start = self.offsets.get(path, 0)
+            number, offset = self.offsets.get(path, (1, 0))
             with open(path, "rb") as f:
-                f.seek(start)
-                data = f.read()
-            end = data.rfind(b"\n") + 1
-            for line in data[:end].splitlines():
-                if line.strip():
-                    self._add(orjson.loads(line))
-            self.offsets[path] = start + end
+                f.seek(offset)
+                for line in jsonl_lines(f, path, tail="wait", start=(number, offset)):
+                    self._add(line.record)
+                    number, offset = line.number + 1, line.offset + len(line.raw)
+            self.offsets[path] = (number, offset)
 
     def _add(self, line: dict[str, Any]) -> None:
         total = self.totals.setdefault(line["provider"], Counter())
@@ -74,8 +73,9 @@ class Ledger:
         data = orjson.dumps(line) + b"\n"
         assert self.path is not None, "a read-only ledger"
         offset = append_line(self._fd, data, self.path)
-        if self.offsets.get(self.path, 0) == offset:  # we had read all of our own file: count it now
-            self.offsets[self.path] = offset + len(data)
+        number, read = self.offsets.get(self.path, (1, 0))
+        if read == offset:  # we had read all of our own file: count it now
+            self.offsets[self.path] = (number + 1, offset + len(data))
             self._add(line)
 
     def spent(self) -> tuple[int, float]:

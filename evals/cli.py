@@ -14,9 +14,12 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
+from engine.atomic import write_json_atomic
 from engine.errors import SpecError
-from engine.history import EVAL, resolve_stage
-from engine.store import write_json_atomic
+from engine.history import EVAL
+from engine.overrides import literal, split_item
+from engine.spec_errors import SpecErrors
+from engine.stage_ref import resolve_stage
 from evals.metrics import EvalConfig
 from evals.report import evaluate, format_table
 from evals.submission import load_answers
@@ -24,11 +27,11 @@ from evals.submission import load_answers
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for name, info in EvalConfig.model_fields.items():
-        flag = "--" + name.replace("_", "-")
+        flag = _flag(name)
         help_text = f"{info.description} (default: {info.default})"
         if name == "weights":
             parser.add_argument(
-                "--weight", dest="weights", action="append", metavar="METRIC=W",
+                flag, dest="weights", action="append", metavar="METRIC=W",
                 help=f"weight of a metric in the combined score; repeat; replaces the default {info.default}",
             )  # fmt: skip
         elif info.annotation is bool:
@@ -72,21 +75,19 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         name: getattr(args, name) for name in EvalConfig.model_fields if getattr(args, name, None) is not None
     }
     if "weights" in options:
-        weights = {}
-        for item in options["weights"]:
-            metric, _, weight = item.partition("=")
-            try:
-                weights[metric.strip()] = float(weight)
-            except ValueError:  # also the empty string of an item without `=`
-                raise SpecError(f"--weight {item!r}: expected METRIC=NUMBER, e.g. diseases.f1=0.5") from None
-        options["weights"] = weights
+        items = (
+            split_item(item, "--weight", "METRIC=NUMBER", "diseases.f1=0.5") for item in options["weights"]
+        )
+        options["weights"] = {metric: literal(text) for metric, text in items}
     try:
         return EvalConfig(**options)
-    except ValidationError as err:
-        first = err.errors()[0]
-        flag = "weight" if first["loc"][0] == "weights" else str(first["loc"][0]).replace("_", "-")
-        message = first["msg"].removeprefix("Value error, ")
-        raise SpecError(f"--{flag}: {message}") from None
+    except ValidationError as exc:
+        raise SpecErrors(given={(name,): _flag(name) for name in options}).from_validation(exc) from None
+
+
+def _flag(name: str) -> str:
+    """The flag of an EvalConfig field."""
+    return "--weight" if name == "weights" else "--" + name.replace("_", "-")
 
 
 def main_eval(args: argparse.Namespace) -> int:
@@ -94,14 +95,14 @@ def main_eval(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         stage = resolve_stage(args.pred, args.run_name)  # `spec.toml:STAGE` reads a run's kept records
-        predictions = load_answers(stage[0] if stage else args.pred)
+        predictions = load_answers(stage.records() if stage else args.pred)
         gold = load_answers(args.gold) if args.gold else None
         report = evaluate(predictions, gold, config, labels=(args.pred, args.gold or "gold"))
     except SpecError as err:
         print(f"eval: {err}", file=sys.stderr)
         return 2
     if stage:
-        write_json_atomic(stage[1] / EVAL, report)  # `engine runs` shows it
+        write_json_atomic(stage.folder / EVAL, report)  # `engine runs` shows it
     print(json.dumps(report, ensure_ascii=False) if args.json else format_table(report))
     return 0
 

@@ -9,7 +9,6 @@ backslash + n, each ending with `；`, the last with `。`); `diseases` is one n
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,10 @@ from typing import Any, BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from engine.atomic import atomic_output
 from engine.errors import SpecError
-from engine.store import numbered_jsonl
+from engine.jsonl import numbered_jsonl
+from engine.spec_errors import SpecErrors
 from evals.normalize import LITERAL_NEWLINE, as_items, split_diseases, split_reason
 
 SUBMISSION_KEYS = ("id", "reason", "diseases", "feature_content")
@@ -153,8 +154,8 @@ def export_submission(
         try:
             fmt = SubmissionFormat(**options)
         except ValidationError as exc:
-            error = exc.errors()[0]
-            raise SpecError(f"submission option {'.'.join(map(str, error['loc']))}: {error['msg']}") from None
+            given = {(key,): f"--set {key}" for key in options}
+            raise SpecErrors(model=SubmissionFormat, given=given).from_validation(exc) from None
     count = 0
     for where, record in _records(records):
         out.write((_submission_line(where, _to_answer(where, record), fmt) + "\n").encode("utf-8"))
@@ -167,12 +168,5 @@ def write_submission(
 ) -> int:
     """Write records (dicts with list or string fields) as an official submission file; returns the
     number of lines. Written to a temporary file first, so a bad record leaves an existing file as it was."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with temporary.open("wb") as handle:
-            count = export_submission(records, handle, fmt)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return count
+    with atomic_output(path) as handle:
+        return export_submission(records, handle, fmt)

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import Field
 
+from engine.atomic import write_bytes_atomic
 from filters.base import FilterConfig
 from filters.records import jsonl_texts, resolve
 
@@ -60,7 +61,7 @@ class Boilerplate:
         return cls(line.strip() for line in lines if line.strip())
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text("".join(seg + "\n" for seg in sorted(self.segments)), encoding="utf-8")
+        write_bytes_atomic(path, "".join(seg + "\n" for seg in sorted(self.segments)).encode("utf-8"))
 
     def core(self, text: str) -> str:
         """The text without its boilerplate segments (remaining segments joined by newlines)."""

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from engine.spec_errors import SpecErrors, dotted
 from filters.base import Filter, FilterConfig, FilterResult, register
 from filters.records import get_path
 
@@ -184,9 +185,9 @@ class FormatFilter(Filter):
         try:
             answer = self.schema.model_validate(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(part) for part in err["loc"]) or "answer"
-            return f"schema: {self.schema.__name__}.{where}: {err['msg']}"
+            loc, message = SpecErrors(model=self.schema).describe(exc)
+            where = f"{self.schema.__name__}.{dotted(loc)}" if loc else self.schema.__name__
+            return f"schema: {where}: {message}"
         if self.config.normalize:
             record.update({key: value for key, value in answer.model_dump().items() if key in data})
         return None

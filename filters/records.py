@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from engine.errors import SpecError
-from engine.store import numbered_jsonl as read_jsonl  # (line number, record), one error per bad line
+from engine.jsonl import numbered_jsonl
 
 _MISSING = object()
 
@@ -66,6 +66,6 @@ def jsonl_texts(path: str | Path, fields: Iterable[str]) -> Iterator[tuple[Any, 
     """(id, text of `fields`) per record of a JSONL file; the id falls back to "<file>:<line>"."""
     fields = list(fields)
     p = Path(path)
-    for lineno, record in read_jsonl(p):
+    for lineno, record in numbered_jsonl(p):
         rid = record.get("id", f"{p.name}:{lineno}")
         yield rid, field_text(record, fields, where=f"{p}:{lineno}")

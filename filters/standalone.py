@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,10 +22,13 @@ import orjson
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from engine.atomic import atomic_output
 from engine.errors import SpecError
+from engine.jsonl import numbered_jsonl, read_jsonl
+from engine.spec_errors import flag_errors
 from filters.boilerplate import Boilerplate
 from filters.leakage import LeakageConfig, LeakageFilter
-from filters.records import field_text, read_jsonl
+from filters.records import field_text
 from filters.rouge import RougeDedupe, RougeDedupeConfig
 
 
@@ -61,7 +63,7 @@ class Summary:
 
 def _scan(path: Path, fields: list[str]) -> Iterator[str]:
     """Every record's compared text, checking each line (JSON object, fields present)."""
-    for lineno, record in read_jsonl(path):
+    for lineno, record in numbered_jsonl(path):
         yield field_text(record, fields, where=f"{path}:{lineno}")
 
 
@@ -78,29 +80,20 @@ def _run(
     dropped_path = dropped_path or out_path.with_name(out_path.name.removesuffix(".jsonl") + ".dropped.jsonl")
     start = time.perf_counter()
     read = kept = 0
-    tmp_out, tmp_dropped = Path(f"{out_path}.tmp"), Path(f"{dropped_path}.tmp")
-    try:
-        with tmp_out.open("wb") as keep_fh, tmp_dropped.open("wb") as drop_fh:
-            bar = tqdm(
-                total=total, unit="rec", desc=command, disable=None if progress else True, file=sys.stderr
-            )
-            for _, record in read_jsonl(in_path):
-                read += 1
-                entry = decide(record)
-                if entry is None:
-                    kept += 1
-                    keep_fh.write(orjson.dumps(record) + b"\n")
-                else:
-                    drop_fh.write(
-                        orjson.dumps({**entry, "record": record}, option=orjson.OPT_NON_STR_KEYS) + b"\n"
-                    )
-                bar.update()
-            bar.close()
-        os.replace(tmp_out, out_path)
-        os.replace(tmp_dropped, dropped_path)
-    finally:
-        for tmp in (tmp_out, tmp_dropped):
-            tmp.unlink(missing_ok=True)
+    with atomic_output(out_path) as keep_fh, atomic_output(dropped_path) as drop_fh:
+        bar = tqdm(total=total, unit="rec", desc=command, disable=None if progress else True, file=sys.stderr)
+        for record in read_jsonl(in_path):
+            read += 1
+            entry = decide(record)
+            if entry is None:
+                kept += 1
+                keep_fh.write(orjson.dumps(record) + b"\n")
+            else:
+                drop_fh.write(
+                    orjson.dumps({**entry, "record": record}, option=orjson.OPT_NON_STR_KEYS) + b"\n"
+                )
+            bar.update()
+        bar.close()
     return read, kept, dropped_path, time.perf_counter() - start
 
 
@@ -213,7 +206,7 @@ def add_commands(subparsers: Any) -> None:
     dd.add_argument(
         "--dropped", type=Path, help="side file of dropped records (default: OUTPUT.dropped.jsonl)"
     )
-    dd.set_defaults(func=_cli(_dedupe_args))
+    dd.set_defaults(func=_cli(_dedupe_args, dd))
 
     lk = subparsers.add_parser("leakage", help="drop records that overlap a test set")
     lk.add_argument("input", type=Path, help="JSONL file")
@@ -230,7 +223,7 @@ def add_commands(subparsers: Any) -> None:
     lk.add_argument(
         "--dropped", type=Path, help="side file of dropped records (default: OUTPUT.dropped.jsonl)"
     )
-    lk.set_defaults(func=_cli(_leakage_args))
+    lk.set_defaults(func=_cli(_leakage_args, lk))
 
 
 def _dedupe_args(args: argparse.Namespace) -> Summary:
@@ -248,13 +241,14 @@ def _leakage_args(args: argparse.Namespace) -> Summary:
     )
 
 
-def _cli(run: Callable[[argparse.Namespace], Summary]) -> Callable[[argparse.Namespace], int]:
+def _cli(
+    run: Callable[[argparse.Namespace], Summary], parser: argparse.ArgumentParser
+) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         try:
             summary = run(args)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            print(f"error: option {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
+            print(f"error: {flag_errors(parser).from_validation(exc)}", file=sys.stderr)
             return 2
         except (SpecError, ValueError) as exc:
             print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)

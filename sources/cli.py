@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from engine.atomic import atomic_output
 from engine.errors import SpecError
-from engine.store import atomic_output, read_jsonl
+from engine.jsonl import read_jsonl, write_jsonl
 
 PROGRESS_EVERY_CHUNKS = 10  # a progress line per 10 chunks of candidates (about 20k)
 
@@ -98,8 +97,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         )
         picked = kept
     with atomic_output(args.output) as out:
-        for record in picked:
-            out.write(orjson.dumps(record) + b"\n")
+        write_jsonl(picked, out)
     print(format_distribution("test", distribution(tests)), file=sys.stderr)
     print(format_distribution("before", distribution(texts)), file=sys.stderr)
     print(format_distribution("after", distribution(r[args.field] for r in picked)), file=sys.stderr)

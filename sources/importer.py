@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
+from engine.atomic import atomic_output
 from engine.errors import SpecError
-from engine.store import atomic_output
 from sources.mapping import Mapping, MappingError, has_path, map_row
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}

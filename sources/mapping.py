@@ -15,13 +15,12 @@ dots; `name[]` maps the rest of the path over a list. Null values render as empt
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engine.errors import SpecError
+from engine.spec_errors import SpecErrors, read_toml
 from filters.format import split_items
 
 _MISSING = object()
@@ -77,20 +76,13 @@ class Mapping(BaseModel):
 
 
 def load_mapping(path: str | Path) -> Mapping:
-    """The mapping in a TOML file; SpecError (one line, naming the file) when it is unreadable or invalid."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SpecError(f"mapping {path}: cannot read ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"mapping {path}: invalid TOML ({exc})") from None
+    """The mapping in a TOML file; SpecError (one line, `file:line: key: message`) when it is unreadable
+    or invalid, as for every spec (engine/spec_errors.py)."""
+    text, data = read_toml(path, "mapping")
     try:
         return Mapping.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top)"
-        raise SpecError(f"mapping {path}: {where}: {first['msg']}") from None
+        raise SpecErrors(path, text, Mapping).from_validation(exc) from None
 
 
 def get_path(row: Any, path: str) -> Any:

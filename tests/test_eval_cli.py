@@ -48,7 +48,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["eval", str(FIXTURE), "--weight", "reason.f1"]) == 2
     assert (
         capsys.readouterr().err
-        == "eval: --weight 'reason.f1': expected METRIC=NUMBER, e.g. diseases.f1=0.5\n"
+        == "eval: --weight 'reason.f1': expected METRIC=NUMBER, e.g. --weight diseases.f1=0.5\n"
     )
     assert main(["eval", str(FIXTURE), "--grounding-threshold", "1.5"]) == 2
     assert capsys.readouterr().err.startswith("eval: --grounding-threshold: ")

@@ -92,7 +92,7 @@ def test_missing_field_and_bad_option_are_clear_errors(stream: Path, tmp_path: P
     assert main(["dedupe", str(stream), "-o", str(tmp_path / "o.jsonl"), "--field", "text"]) == 2
     assert f"{stream}:1: record id='c01' has no field 'text'" in capsys.readouterr().err
     assert main(["dedupe", str(stream), "-o", str(tmp_path / "o.jsonl"), "--threshold", "1.5"]) == 2
-    assert "error: option threshold: Input should be less than 1" in capsys.readouterr().err
+    assert "error: --threshold: threshold: Input should be less than 1 (got 1.5)" in capsys.readouterr().err
 
 
 def test_leakage_command_with_two_test_files(tmp_path: Path, capsys):

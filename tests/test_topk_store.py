@@ -208,7 +208,9 @@ def test_a_damaged_complete_index_line_is_not_taken_for_a_torn_tail(tmp_path):
             writer.append(key, *make_record(rng, 5, 300))
     index = tmp_path / "shard-00000.idx"
     index.write_bytes(b"garbage\n" + index.read_bytes().split(b"\n", 1)[1])
-    with pytest.raises(SpecError, match=r"shard-00000.idx:1: damaged index line"):
+    with pytest.raises(
+        SpecError, match=r"shard-00000.idx:1: not valid JSON .*; a damaged index line: restore"
+    ):
         TopKReader(tmp_path)
     with pytest.raises(SpecError, match="damaged index line"):
         TopKWriter(tmp_path, K, 300, "h")  # and nothing after it is cut away

@@ -9,10 +9,11 @@ import orjson
 import pytest
 
 from engine.errors import SpecError
+from engine.jsonl import read_jsonl
 from generators.medical.format import PromptFormat
 from tests.train_helpers import RECORDS, TEST_SET, records
 from trainers.cli import main as train_main
-from trainers.data import examples, export_dpo, export_sft, read_jsonl, read_sources
+from trainers.data import examples, export_dpo, export_sft, read_sources
 from trainers.fit import trl_config
 from trainers.guard import check_test_overlap
 from trainers.pairs import build_pairs
@@ -187,14 +188,21 @@ def test_stage_source_reads_kept_shards_and_skips_a_torn_line(tmp_path):
     run = tmp_path / "run"
     kept = run / "results" / "answer" / "kept"
     kept.mkdir(parents=True)
-    (run / "spec.toml").write_text('[run]\nname = "x"\nout = "results"\n')
+    stages = "".join(f'[[stages]]\nname = "{name}"\ngenerator = "template"\n' for name in ("answer", "later"))
+    (run / "spec.toml").write_text(f'[run]\nname = "x"\nout = "results"\n{stages}')
     (kept / "shard-00000.jsonl").write_bytes(RECORDS.read_bytes()[:-1] + b'\n{"id": 99, "feat')
     spec = load_spec(spec_file(tmp_path), ["data.train=['run/spec.toml:answer']"])
     got = read_sources(spec, spec.data.train, "data.train")
     assert [r["id"] for r in got] == [r["id"] for r in records()]
     spec = load_spec(spec_file(tmp_path), ["data.train=['run/spec.toml:other']"])
     with pytest.raises(
-        SpecError, match="data.train: '.*/run/spec.toml:other' matches no JSONL file; run `python -m engine"
+        SpecError, match=r"data.train: .*/run/spec.toml: no stage named 'other' \(stages: answer, later\)$"
+    ):
+        read_sources(spec, spec.data.train, "data.train")
+    spec = load_spec(spec_file(tmp_path), ["data.train=['run/spec.toml:later']"])
+    with pytest.raises(
+        SpecError,
+        match=r"data.train: .*/results/later: no kept records yet; run `python -m engine run .*/run/spec",
     ):
         read_sources(spec, spec.data.train, "data.train")
 
@@ -252,4 +260,4 @@ def test_exports_for_engine_export():
 
 
 def test_fixture_records_are_what_the_tests_assume():
-    assert len(read_jsonl(RECORDS)) == 8
+    assert len(list(read_jsonl(RECORDS))) == 8

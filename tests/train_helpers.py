@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from engine.jsonl import read_jsonl
 from engine.model_cache import model_cache_dir
-from trainers.data import read_jsonl
 from trainers.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def tiny_model() -> Path:
 
 
 def records() -> list[dict[str, Any]]:
-    return read_jsonl(RECORDS)
+    return list(read_jsonl(RECORDS))
 
 
 def write_spec(folder: Path, body: str = "", *, base: Path | None = None, name: str = "train.toml") -> Path:

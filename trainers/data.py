@@ -13,14 +13,13 @@ import glob
 import logging
 import os
 import random
-import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import orjson
-
 from engine.errors import SpecError
+from engine.jsonl import read_jsonl, write_jsonl
+from engine.stage_ref import resolve_stage
 from engine.types import Record
 from generators.medical.format import (
     FORMAT_FILE,
@@ -37,43 +36,16 @@ from trainers.spec import TrainSpec
 log = logging.getLogger(__name__)
 
 
-def read_jsonl(path: Path) -> list[Record]:
-    """Records of one JSONL file; a torn last line (no newline, a write cut short) is skipped."""
-    records = []
-    with open(path, "rb") as fh:
-        lines = fh.read().split(b"\n")
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(orjson.loads(line))
-        except orjson.JSONDecodeError as exc:
-            if number == len(lines):
-                break
-            raise SpecError(f"{path}:{number}: invalid JSON ({exc}); fix or remove the line") from None
-    return records
-
-
-def stage_files(run_spec: Path, stage: str) -> list[Path]:
-    """Kept shards of a run stage: `<run out>/<stage>/kept/*.jsonl` ([run] out of the run spec)."""
-    try:
-        out = tomllib.loads(run_spec.read_text(encoding="utf-8"))["run"]["out"]
-    except FileNotFoundError:
-        raise SpecError(f"{run_spec}: run spec not found") from None
-    except (KeyError, TypeError, tomllib.TOMLDecodeError):
-        raise SpecError(f"{run_spec}: needs [run] out = '...' to locate stage {stage!r}") from None
-    kept = run_spec.parent / out / stage / "kept"
-    return sorted(kept.glob("*.jsonl"))
-
-
 def source_files(spec: TrainSpec, source: str, key: str) -> list[Path]:
     """The JSONL files of one source (made absolute when the spec loaded): a file or glob, or
     'spec.toml:stage' (that stage's kept shards). `key` names the spec key in errors."""
-    head, sep, stage = source.rpartition(":")
-    if sep and head.endswith(".toml"):
-        run_spec = Path(head)
-        files = stage_files(run_spec, stage)
-        hint = f"run `python -m engine run {os.path.relpath(run_spec)}` first"
+    try:
+        stage = resolve_stage(source)
+    except SpecError as exc:
+        raise spec.fail(key, str(exc)) from None
+    if stage is not None:
+        files = stage.kept_files()
+        hint = f"run `python -m engine run {os.path.relpath(stage.spec)}` first"
     else:
         files = sorted(Path(p) for p in glob.glob(source))
         hint = "check the path (relative to the train spec)"
@@ -84,7 +56,8 @@ def source_files(spec: TrainSpec, source: str, key: str) -> list[Path]:
 
 def read_sources(spec: TrainSpec, sources: list[str], key: str) -> list[Record]:
     """Records from JSONL files/globs and 'spec.toml:stage' sources, in the order given."""
-    return [r for source in sources for file in source_files(spec, source, key) for r in read_jsonl(file)]
+    files = [file for source in sources for file in source_files(spec, source, key)]
+    return [r for file in files for r in read_jsonl(file, tail="skip")]  # a write cut short: its torn line
 
 
 def examples(
@@ -154,14 +127,6 @@ def split_validation(spec: TrainSpec, records: list[Record]) -> tuple[list[Recor
     ]
 
 
-def _write_jsonl(rows: Iterable[dict[str, Any]], out: BinaryIO) -> int:
-    count = 0
-    for row in rows:
-        out.write(orjson.dumps(row) + b"\n")
-        count += 1
-    return count
-
-
 def default_format() -> PromptFormat:
     """The built-in prompts, zero-shot, reason first."""
     return FormatSpec().resolve(Path.cwd(), seed=0)
@@ -171,7 +136,7 @@ def export_sft(records: Iterable[Record], out: BinaryIO) -> int:
     """`engine export --format sft`: answer records as joint prompt-completion JSONL (built-in prompts)."""
     fmt = default_format()
     rows = ({"id": r.get("id"), **fmt.example(r, "joint", "export")} for r in records)
-    return _write_jsonl(rows, out)
+    return write_jsonl(rows, out)
 
 
 def export_dpo(records: Iterable[Record], out: BinaryIO) -> int:
@@ -179,4 +144,4 @@ def export_dpo(records: Iterable[Record], out: BinaryIO) -> int:
     from trainers.pairs import pair_from_record
 
     fmt = default_format()
-    return _write_jsonl((pair_from_record(r, fmt) for r in records), out)
+    return write_jsonl((pair_from_record(r, fmt) for r in records), out)

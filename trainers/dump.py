@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
+from engine.atomic import atomic_output
 from engine.errors import SpecError
-from engine.store import atomic_output
 from trainers.data import examples, sft_tasks, split_validation, train_records
 from trainers.pairs import read_pairs, split_pairs
 from trainers.spec import TrainSpec

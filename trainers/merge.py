@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from engine.atomic import atomic_folder
 from engine.errors import SpecError
 from generators.medical.format import find_format
 from trainers.base_model import resolve_base_model
@@ -45,16 +45,9 @@ def merge_adapter(
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_folder(out) as staging:  # `out` is absent or empty (checked above)
         merged.save_pretrained(staging)
         AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(staging)
         if (saved := find_format(adapter_dir)) is not None:  # the merged student is asked as it was trained
             shutil.copy(saved, staging / saved.name)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out

@@ -30,6 +30,7 @@ from pydantic import (
 from engine.errors import SpecError
 from engine.overrides import apply_override, parse_override
 from engine.spec_errors import SpecErrors, read_toml
+from engine.stage_ref import split_stage_ref
 from generators.medical.format import FormatSpec, PromptFormat
 
 # Our defaults for TRL fields; a key in the method's table wins. Why each differs from TRL: no tracker is
@@ -58,9 +59,9 @@ def _from_spec_folder(value: str, info: ValidationInfo) -> str:
 
 
 def _source_from_spec_folder(value: str, info: ValidationInfo) -> str:
-    head, sep, stage = value.rpartition(":")
-    if sep and head.endswith(".toml"):  # 'run/spec.toml:stage': a run stage's kept records
-        return f"{_from_spec_folder(head, info)}:{stage}"
+    stage_ref = split_stage_ref(value)
+    if stage_ref is not None:  # 'run/spec.toml:stage': a run stage's kept records
+        return f"{_from_spec_folder(stage_ref[0], info)}:{stage_ref[1]}"
     return _from_spec_folder(value, info)
 
 
@@ -224,13 +225,13 @@ def load_spec(
     if command not in model.model_fields:
         raise SpecError(f"unknown training method {command!r}")
     text, raw = read_toml(path, "train spec")
-    overridden = {}
+    given = {}
     for item in overrides:
         key, value = parse_override(item)
         if key.split(".")[0] not in model.model_fields:
             key = f"{command}.{key}"
-        overridden[apply_override(raw, key, value)] = item
-    errors = SpecErrors(path, text, model, overridden)
+        given[apply_override(raw, key, value)] = f"--set {item}"
+    errors = SpecErrors(path, text, model, given)
     for name, field in model.model_fields.items():  # absent tables validate too: their paths need resolving
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             raw.setdefault(name, {})

@@ -4,13 +4,14 @@ checkpoint scores) and loss.png (the loss curve, plus the DPO reward margin when
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from engine.atomic import write_bytes_atomic
 
 CURVES = ("loss", "rewards/margins")
 
@@ -57,10 +58,8 @@ def build_summary(trainer: Any, train_metrics: dict[str, Any], **extra: Any) -> 
 
 def write_summary(folder: Path, summary: dict[str, Any]) -> None:
     """summary.json (atomic) and loss.png; call on the main process only."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, folder / "summary.json")
+    text = json.dumps(summary, ensure_ascii=False, indent=2, default=str)
+    write_bytes_atomic(folder / "summary.json", text.encode("utf-8"))
     plot_curves(summary["curves"], summary.get("evaluation", {}), folder / "loss.png")
 
 

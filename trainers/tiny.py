@@ -7,10 +7,9 @@ Tests and demos need a real architecture and a real chat template, but not real 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from engine.atomic import atomic_folder
 from trainers.base_model import resolve_base_model
 
 ARCHITECTURES = ("qwen2", "llama")
@@ -55,18 +54,9 @@ def build_tiny_model(
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_folder(out, existing="keep") as staging:  # a concurrent test session sees all of it or none
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        try:
-            staging.rename(out)  # atomic: a concurrent test session sees all of it or none
-        except OSError:
-            if not (out / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

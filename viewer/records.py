@@ -1,7 +1,7 @@
 """Where every outcome line of a stage starts: a lazily built byte-offset index over its derived files
 (kept / rejected / failed), so paging, filtering and search read only the lines a page shows.
 
-Lines are parsed by engine.store's reader when the index is built; afterwards a record is read back
+Lines are parsed by engine/jsonl.py when the index is built; afterwards a record is read back
 by seeking to its offset. Text search runs a byte pattern over the memory-mapped files, never loading
 a stage whole. An index is rebuilt when a file's size or modification time changes (a new run or a
 filter replay rewrites them).
@@ -21,7 +21,8 @@ from typing import Any
 import orjson
 
 from engine.errors import SpecError
-from engine.store import OUTCOMES, numbered_jsonl, stage_files
+from engine.jsonl import jsonl_lines
+from engine.store import OUTCOMES, stage_files
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,23 +60,22 @@ class LineIndex:
         number = len(self.files)
         self.files.append(path)
         self._first_row.append(len(self.rows))
-        line_starts = _line_starts(path)
         starts: list[int] = []
         reasons: dict[str, str] = {}  # one string object per distinct reason
-        for line_no, record in numbered_jsonl(path):
-            offset = line_starts[line_no - 1]
-            rid = str(record.get("id", f"{path.name}:{line_no}"))
-            reason = _reason_class(outcome, record)
-            reason = reasons.setdefault(reason, reason)
-            self.by_id.setdefault(rid, []).append(len(self.rows))
-            self.rows.append(Row(outcome, number, offset, rid, reason))
-            starts.append(offset)
-            self.counts[outcome] += 1
-            if outcome == "rejected":
-                self.reasons[reason] += 1
-            elif outcome == "failed":
-                self.errors[reason] += 1
-            self._add_usage(record)
+        with open(path, "rb") as f:
+            for line_no, offset, _, record in jsonl_lines(f, path):
+                rid = str(record.get("id", f"{path.name}:{line_no}"))
+                reason = _reason_class(outcome, record)
+                reason = reasons.setdefault(reason, reason)
+                self.by_id.setdefault(rid, []).append(len(self.rows))
+                self.rows.append(Row(outcome, number, offset, rid, reason))
+                starts.append(offset)
+                self.counts[outcome] += 1
+                if outcome == "rejected":
+                    self.reasons[reason] += 1
+                elif outcome == "failed":
+                    self.errors[reason] += 1
+                self._add_usage(record)
         self._starts.append(starts)
 
     def _add_usage(self, record: dict[str, Any]) -> None:
@@ -174,16 +174,6 @@ class LineIndex:
                             break
                         found = data.find(needle, starts[line + 1])  # one hit per line is enough
         return hits
-
-
-def _line_starts(path: Path) -> list[int]:
-    """Byte offset of every line (blank ones included, so line number N starts at [N - 1])."""
-    starts, offset = [], 0
-    with open(path, "rb") as f:
-        for line in f:
-            starts.append(offset)
-            offset += len(line)
-    return starts
 
 
 def _reason_class(outcome: str, record: dict[str, Any]) -> str:

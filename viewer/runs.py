@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import ast
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine import history
 from engine.errors import SpecError
-from engine.overrides import apply_override, parse_override
-from engine.spec import STAGE_NAME, Spec
+from engine.spec import STAGE_NAME, Spec, read_spec
 from engine.store import read_manifests
 
 # How rouge_dedupe and leakage name the item a record copies: "... vs id 'c03'", "... seed id 7",
@@ -80,11 +78,8 @@ def spec_of(ref: RunRef) -> tuple[Spec, Path] | None:
             continue
         path = Path(candidate)
         try:
-            data = tomllib.loads(path.read_text("utf-8"))
-            for item in ref.run.manifest.get("overrides") or []:
-                apply_override(data, *parse_override(item))
-            return Spec.model_validate(data), path.parent
-        except (ValueError, OSError, SpecError):  # TOML and validation errors are ValueErrors
+            return read_spec(path, ref.run.manifest.get("overrides") or [])[0], path.parent
+        except SpecError:
             continue
     return None
 

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from engine.errors import SpecError
 from engine.providers.base import Provider, ProviderConfig
+from engine.spec_errors import SpecErrors
 
 _KINDS: dict[str, str | type[Provider]] = {
     "openai": "engine.providers.openai:OpenAIProvider",
@@ -51,22 +52,11 @@ def validate_config(name: str, table: dict[str, Any]) -> ProviderConfig:
     try:
         return cls.Config.model_validate(table)
     except ValidationError as exc:
-        raise SpecError(_one_line(where, exc)) from None
+        fields = tuple(cls.Config.model_fields)  # a table built in code: no file to name
+        raise SpecErrors().from_validation(exc, prefix=("providers", name), fields=fields) from None
 
 
 def build_provider(name: str, table: dict[str, Any], cache_dir: str | Path | None = None) -> Provider:
     """Validate `table` and construct the provider (reads API keys from the environment)."""
     config = validate_config(name, table)
     return provider_class(config.kind)(name, config, cache_dir=cache_dir)
-
-
-def _one_line(where: str, exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{where}.{key}: unknown key (check the spelling; see docs/providers.md)")
-        else:
-            got = f" (got {repr(err['input'])[:60]})" if err["type"] != "missing" else ""
-            parts.append(f"{where}.{key}: {err['msg']}{got}")
-    return "; ".join(parts)

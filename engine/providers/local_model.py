@@ -11,8 +11,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from filelock import FileLock  # noqa: E402  (a transformers dependency)
 
+from engine.atomic import atomic_folder  # noqa: E402
 from engine.errors import Fatal  # noqa: E402
 from engine.model_cache import model_cache_dir  # noqa: E402
 
@@ -104,14 +103,8 @@ def convert_gguf(gguf: Path, cache_dir: Path | None) -> Path:
     with FileLock(str(dest) + ".lock"):
         if (dest / DONE_MARKER).is_file():  # another process finished while we waited
             return dest
-        tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
-        try:
-            _convert_into(gguf, tmp)
-            if dest.exists():  # a foreign or unfinished folder under our name
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_folder(dest) as staging:  # a foreign or unfinished folder under our name is replaced
+            _convert_into(gguf, staging)
     return dest
 
 

@@ -23,8 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from engine.errors import SpecError
 from engine.types import Record
 from evals.normalize import canonical, normalize_disease
@@ -88,21 +86,21 @@ def pick(records: list[Record], k: int, how: str, seed: int = 0) -> list[Record]
 
 
 def _read(source: str) -> Iterator[tuple[str, Record]]:
-    from engine.history import resolve_stage
-    from engine.store import numbered_jsonl
+    from engine.jsonl import numbered_jsonl
+    from engine.stage_ref import resolve_stage
 
     stage = resolve_stage(source)
     if stage is not None:
-        records, folder = stage
-        for n, record in enumerate(records, 1):
-            yield f"{folder}/kept #{n}", record
+        for n, record in enumerate(stage.records(), 1):
+            yield f"{stage.folder}/kept #{n}", record
         return
     for line, record in numbered_jsonl(source):
         yield f"{source}:{line}", record
 
 
 def cmd_demos(args: argparse.Namespace) -> int:
-    from engine.store import atomic_output
+    from engine.atomic import atomic_output
+    from engine.jsonl import write_jsonl
 
     if args.k < 1:
         raise SpecError(f"--k {args.k}: give the number of demos the pool should hold (at least 1)")
@@ -113,8 +111,7 @@ def cmd_demos(args: argparse.Namespace) -> int:
         raise SpecError(f"{args.source}: no labelled record (feature_content, diseases and reason)")
     demos = pick(records, args.k, args.pick, args.seed)
     with atomic_output(args.output) as out:
-        for demo in demos:
-            out.write(orjson.dumps(demo) + b"\n")
+        write_jsonl(demos, out)
     skips = ", ".join(f"{n} {why}" for why, n in skipped.items() if n) or "none skipped"
     diseases = {normalize_disease(d) for demo in demos for d in demo[DISEASES]}
     per_demo = {f: sum(len(d[f]) for d in demos) / len(demos) for f in (DISEASES, REASON)}

@@ -23,8 +23,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.atomic import write_json_atomic
 from engine.errors import SpecError
-from engine.store import write_json_atomic
 from engine.types import Record
 from evals.normalize import as_items, split_diseases, split_reason
 from generators.medical.prompts import (

@@ -22,7 +22,9 @@ from typing import Any
 
 import orjson
 
+from engine.atomic import atomic_output
 from engine.errors import SpecError
+from engine.jsonl import numbered_jsonl, write_jsonl
 from generators.medical.schema import DISEASES, ENGLISH_KEYS, INPUT, REASON, RECORD_FIELDS, render_record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,19 +59,12 @@ def read_test_inputs(data: Path) -> list[dict[str, Any]]:
     records = []
     for name in TEST_FILES:
         path = data / name
-        try:
-            lines = path.read_bytes().splitlines()
-        except OSError as exc:
-            raise SpecError(
-                f"{path}: cannot read ({exc.strerror}); pass --data <shared data folder>"
-            ) from None
-        for number, line in enumerate(lines, 1):
-            if line.strip():
-                try:
-                    record = orjson.loads(line)
-                    records.append({"id": record["id"], INPUT: record[INPUT]})
-                except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise SpecError(f"{path}:{number}: not a test record ({exc})") from None
+        if not path.is_file():
+            raise SpecError(f"{path}: cannot read (no such file); pass --data <shared data folder>")
+        for number, record in numbered_jsonl(path):
+            if "id" not in record or INPUT not in record:
+                raise SpecError(f"{path}:{number}: not a test record (needs id and {INPUT})")
+            records.append({"id": record["id"], INPUT: record[INPUT]})
     return records
 
 
@@ -83,12 +78,9 @@ def read_cases(data: Path) -> list[dict[str, Any]]:
     return [r for r in labelled if r[DISEASES] and r[REASON]]
 
 
-def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
-    records = list(records)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
-    tmp.replace(path)
-    return len(records)
+def _write(path: Path, records: Iterable[dict[str, Any]]) -> int:
+    with atomic_output(path) as out:
+        return write_jsonl(records, out)
 
 
 def prepare(data: Path, out: Path) -> dict[str, int]:
@@ -100,11 +92,11 @@ def prepare(data: Path, out: Path) -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
     (out / ".gitignore").write_text("# derived from ../shared/data: never commit\n*\n")
     return {
-        "test_inputs.jsonl": write_jsonl(out / "test_inputs.jsonl", tests),
-        "labelled.jsonl": write_jsonl(out / "labelled.jsonl", labelled),
-        "demos.jsonl": write_jsonl(out / "demos.jsonl", labelled[:DEMOS]),
-        "pool_test200.jsonl": write_jsonl(out / "pool_test200.jsonl", seeds),
-        "self_instruct_pool.jsonl": write_jsonl(
+        "test_inputs.jsonl": _write(out / "test_inputs.jsonl", tests),
+        "labelled.jsonl": _write(out / "labelled.jsonl", labelled),
+        "demos.jsonl": _write(out / "demos.jsonl", labelled[:DEMOS]),
+        "pool_test200.jsonl": _write(out / "pool_test200.jsonl", seeds),
+        "self_instruct_pool.jsonl": _write(
             out / "self_instruct_pool.jsonl", [*seeds, *({"id": r["id"], INPUT: r[INPUT]} for r in extra)]
         ),
     }

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.errors import SpecError
-from engine.store import numbered_jsonl
+from engine.jsonl import numbered_jsonl
 from engine.types import Record
 from evals.normalize import as_items, split_diseases, split_reason
 from generators.medical.schema import DISEASES, INPUT, REASON, answer_json

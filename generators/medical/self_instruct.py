@@ -18,7 +18,7 @@ import orjson
 from pydantic import Field, model_validator
 
 from engine.errors import SpecError
-from engine.store import numbered_jsonl
+from engine.jsonl import numbered_jsonl
 from engine.types import ChatRequest, Record, WorkItem
 from generators.base import LLM, Generator, GeneratorConfig, register
 from generators.medical.common import SEED_STRIDE, answer_stats

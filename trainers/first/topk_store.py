@@ -42,7 +42,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from engine.atomic import write_json_atomic
 from engine.errors import SpecError
+from engine.jsonl import jsonl_lines
 from engine.types import TokenTopK
 
 FORMAT = "topk-shards/2"  # /1 coded the top-1 log-prob itself: imprecise where p1 is near 1
@@ -184,17 +186,16 @@ def _from_bits(bits: np.ndarray) -> np.ndarray:
 def _read_index(path: Path) -> tuple[list[dict], int]:
     """Complete index lines and the byte length they cover. Only the part after the last newline can be
     torn by a crash (one write per line); a complete line that does not parse is damage, not a tail."""
-    data = path.read_bytes() if path.exists() else b""
-    lines = data.split(b"\n")[:-1]
-    entries = []
-    for line_no, line in enumerate(lines, 1):
-        try:
-            entries.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            raise SpecError(
-                f"{path}:{line_no}: damaged index line; restore the shard or re-score it"
-            ) from None
-    return entries, sum(len(line) + 1 for line in lines)
+    if not path.exists():
+        return [], 0
+    entries, covered = [], 0
+    with open(path, "rb") as f:
+        for line in jsonl_lines(
+            f, path, tail="wait", advice="a damaged index line: restore the shard or re-score it"
+        ):
+            entries.append(line.record)
+            covered = line.offset + len(line.raw)
+    return entries, covered
 
 
 def _load_manifest(directory: Path) -> dict:
@@ -219,9 +220,7 @@ def update_manifest(directory: str | Path, **fields: Any) -> dict:
 
 
 def _write_manifest(directory: Path, manifest: dict) -> None:
-    tmp = directory / f".{MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, directory / MANIFEST)  # atomic: readers see the old or the new manifest, never half
+    write_json_atomic(directory / MANIFEST, manifest)  # readers see the old or the new manifest, never half
 
 
 class TopKWriter:
