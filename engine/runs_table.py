@@ -14,6 +14,8 @@ import textwrap
 import unicodedata
 from typing import Any
 
+from engine.overrides import split_item
+
 TEXT = ("note", "overrides", "description", "models")  # shortened to fit; hidden last-first
 HIDE = ("rejected", "failed", "date", "stage", "models", "kept")  # hidden in this order to make room
 MIN_TEXT = 12  # a text column narrower than this is hidden rather than cut
@@ -133,8 +135,8 @@ def _cells(column: str, values: list[Any]) -> list[str]:
 
 def _short_key(item: str) -> str:
     """`stages.predict.k=6` -> `predict.k=6`: an override's last two key parts say what changed."""
-    key, sep, value = str(item).partition("=")
-    return ".".join(key.split(".")[-2:]) + sep + value
+    key, value = split_item(str(item))  # recorded by `engine run --set`, so well formed
+    return ".".join(key.split(".")[-2:]) + "=" + value
 
 
 def _share(room: int, wanted: dict[str, int]) -> dict[str, int]:

@@ -1,5 +1,5 @@
 """The local provider's decoding: one batched `model.generate` over requests with different sampling
-params, and teacher-forced top-k scoring.
+params, and teacher-forced top-k scoring (the shared scorer, engine/providers/scoring.py, as TokenTopK).
 
 Every row is decoded by RowDecoder, a logits processor that applies that row's grammar, temperature,
 top-k/top-p and its own seeded RNG, then hands generate() a one-hot row so generate's greedy step picks
@@ -21,6 +21,7 @@ from transformers import GenerationConfig, LogitsProcessor, StoppingCriteria
 from engine.providers.grammar import GrammarRows
 from engine.providers.local_model import LoadedModel
 from engine.providers.local_params import GenParams
+from engine.providers.scoring import score_batch, top_entries
 from engine.types import TokenTopK
 
 
@@ -42,16 +43,6 @@ class _Row:
     finish: str | None = None
 
 
-def _top_entries(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logsumexp, top-k log-probs, top-k ids) per row, without a full log_softmax."""
-    lse = torch.logsumexp(logits, dim=-1)
-    if k == 0:
-        empty = logits.new_empty((logits.shape[0], 0))
-        return lse, empty, empty.long()
-    values, ids = logits.topk(k, dim=-1)
-    return lse, values - lse[:, None], ids
-
-
 class RowDecoder(LogitsProcessor):
     """Chooses every active row's next token (see the module docstring)."""
 
@@ -66,7 +57,7 @@ class RowDecoder(LogitsProcessor):
         chosen = {i: self._choose(scores[i], self.rows[i]) for i in active}
         if raw is not None:
             k = max(self.rows[i].params.top_logprobs for i in want)
-            lse, top_lp, top_ids = _top_entries(raw, k)
+            lse, top_lp, top_ids = top_entries(raw, k)
             for j, i in enumerate(want):
                 n = self.rows[i].params.top_logprobs
                 top = list(zip(top_ids[j, :n].tolist(), top_lp[j, :n].tolist(), strict=True))
@@ -179,18 +170,13 @@ def _result(row: _Row, lm: LoadedModel) -> RowResult:
 
 
 def score_tokens(lm: LoadedModel, prompt: list[int], completion: list[int], top_k: int) -> list[TokenTopK]:
-    """Teacher forcing: row j is the raw-logit distribution over completion token j given everything
-    before it, from one forward pass that keeps logits only for the completion positions."""
+    """Teacher forcing (engine/providers/scoring.py): row j is the raw-logit distribution over completion
+    token j given everything before it."""
     if not completion:
         return []
-    ids = torch.tensor([prompt + completion], device=lm.device)
-    with torch.inference_mode():
-        logits = lm.model(input_ids=ids, logits_to_keep=len(completion) + 1).logits[0, :-1].float()
-    lse, top_lp, top_ids = _top_entries(logits, top_k)
-    target = torch.tensor(completion, device=logits.device)
-    chosen = (logits.gather(1, target[:, None])[:, 0] - lse).tolist()
-    top_ids_l, top_lp_l = top_ids.tolist(), top_lp.tolist()
+    scored = score_batch(lm.model, [(prompt, completion)], top_k)[0]
+    top_ids, top_lp, chosen = scored.top_ids.tolist(), scored.top_logprobs.tolist(), scored.logprobs.tolist()
     return [
-        TokenTopK(token=tok, logprob=chosen[j], top=list(zip(top_ids_l[j], top_lp_l[j], strict=True)))
+        TokenTopK(token=tok, logprob=chosen[j], top=list(zip(top_ids[j], top_lp[j], strict=True)))
         for j, tok in enumerate(completion)
     ]

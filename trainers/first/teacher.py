@@ -8,38 +8,28 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
+from engine.providers.scoring import score_batch
 from trainers.first.tokens import prompt_completion_ids
 from trainers.first.topk_store import TopKWriter, vocab_hash
 
 
-@torch.no_grad()
 def score_topk(
     model: Any, sequences: Sequence[tuple[list[int], list[int]]], k: int = 5, batch_size: int = 8
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per (prompt ids, completion ids): token_ids[T+1] (last prompt token + completion), top-k ids and
-    log-probs [T, k], row j over token_ids[j + 1]. Top-k is taken on the logits and the log-sum-exp
-    subtracted, so no full log-softmax is materialised."""
+    log-probs [T, k], row j over token_ids[j + 1]; scored by the engine's one scorer
+    (engine/providers/scoring.py), the one the local provider answers a capture stage with."""
     model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for b in range(0, len(sequences), batch_size):
-        batch = sequences[b : b + batch_size]
-        seqs = [p + c for p, c in batch]
-        width = max(map(len, seqs))
-        ids = torch.zeros(len(seqs), width, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        for i, (prompt, completion) in enumerate(batch):
-            rows = logits[i, len(prompt) - 1 : len(prompt) + len(completion) - 1]
-            top = rows.topk(k, dim=-1)
-            lps = top.values - rows.logsumexp(-1, keepdim=True)
-            tokens = np.asarray([prompt[-1], *completion], dtype=np.int32)
-            out.append((tokens, top.indices.cpu().numpy().astype(np.int32), lps.cpu().numpy()))
-    return out
+    scored = score_batch(model, sequences, k, batch_size)
+    return [
+        (
+            np.asarray([prompt[-1], *completion], dtype=np.int32),
+            s.top_ids.numpy().astype(np.int32),
+            s.top_logprobs.numpy(),
+        )
+        for (prompt, completion), s in zip(sequences, scored, strict=True)
+    ]
 
 
 def write_teacher_store(
