@@ -31,6 +31,8 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.jsonl import read_jsonl  # noqa: E402
+from engine.store import OUTCOMES, read_outcome  # noqa: E402
 from tests.engine_helpers import write_cases  # noqa: E402
 from tests.server import FakeServer  # noqa: E402
 
@@ -105,16 +107,13 @@ def answers(tool: str, folder: Path) -> tuple[list[dict], float]:
     """Every outcome the tool wrote (id + answer, or a failure) and its own timing of the run."""
     if tool in ENGINES:
         manifest = orjson.loads((folder / "out" / "manifest.json").read_bytes())
-        rows = []
-        for kind in ("kept", "rejected", "failed"):
-            for path in sorted((folder / "out" / "answer" / kind).glob("shard-*.jsonl")):
-                for line in path.read_bytes().splitlines():
-                    entry = orjson.loads(line)
-                    rows.append(
-                        {"id": entry["id"], "answer": entry.get("answer") if kind == "kept" else None}
-                    )
+        rows = [
+            {"id": entry["id"], "answer": entry.get("answer") if kind == "kept" else None}
+            for kind in OUTCOMES
+            for entry in read_outcome(folder / "out" / "answer", kind)
+        ]
         return rows, manifest["stages"]["answer"]["seconds"]
-    rows = [orjson.loads(line) for line in (folder / "answers.jsonl").read_bytes().splitlines() if line]
+    rows = list(read_jsonl(folder / "answers.jsonl"))
     # the runner's last word on stdout: {"peer", "seconds", "rows"}
     report = [
         line for line in (folder / "client.log").read_bytes().splitlines() if line.startswith(b'{"peer"')

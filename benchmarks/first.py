@@ -30,6 +30,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.jsonl import read_jsonl  # noqa: E402
 from trainers.first.smallmodels import bundled_smollm2, tiny_student  # noqa: E402
 from trainers.first.topk_store import TopKReader, TopKWriter  # noqa: E402
 
@@ -40,29 +41,33 @@ FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "first_pairs.
 K = 5
 
 
+def seed_records(system: str | None = None) -> tuple[list[dict], str]:
+    """({key, prompt, completion} records, where from): Self-Instruct's seed tasks as conversations
+    (instruction + input -> output; `system` first when given), else the test fixture."""
+    if not SEED_TASKS.exists():
+        print(f"({SEED_TASKS} absent: using the test fixture)")
+        return list(read_jsonl(FIXTURE)), "test fixture"
+    records = []
+    for task in read_jsonl(SEED_TASKS):
+        instance = task["instances"][0]
+        user = task["instruction"] + (f"\n\n{instance['input']}" if instance["input"] else "")
+        records.append(
+            {
+                "key": task["id"],
+                "prompt": [
+                    *([{"role": "system", "content": system}] if system else []),
+                    {"role": "user", "content": user},
+                ],
+                "completion": [{"role": "assistant", "content": instance["output"]}],
+            }
+        )
+    return records, "self-instruct seed tasks"
+
+
 def load_records(limit: int, max_tokens: int, tokenizer) -> list[dict]:
     from trainers.first.tokens import prompt_completion_ids
 
-    if SEED_TASKS.exists():
-        records = []
-        for line in SEED_TASKS.read_bytes().splitlines():
-            task = orjson.loads(line)
-            instance = task["instances"][0]
-            user = task["instruction"] + (f"\n\n{instance['input']}" if instance["input"] else "")
-            records.append(
-                {
-                    "key": task["id"],
-                    "prompt": [
-                        {"role": "system", "content": "Answer briefly."},
-                        {"role": "user", "content": user},
-                    ],
-                    "completion": [{"role": "assistant", "content": instance["output"]}],
-                }
-            )
-        source = "self-instruct seed tasks"
-    else:
-        print(f"({SEED_TASKS} absent: using the test fixture)")
-        records, source = [orjson.loads(line) for line in FIXTURE.read_bytes().splitlines()], "test fixture"
+    records, source = seed_records(system="Answer briefly.")
     fits = [
         r
         for r in records
@@ -192,7 +197,7 @@ def build_trainer(kind: str, spec: dict):
         if spec["lora"]
         else None
     )
-    records = [orjson.loads(line) for line in Path(spec["records"]).read_bytes().splitlines()]
+    records = list(read_jsonl(spec["records"]))
     model = AutoModelForCausalLM.from_pretrained(spec["model"])
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     if kind == "sft":
@@ -215,7 +220,7 @@ def evaluate(trainer, spec: dict) -> dict:
     from trainers.first.tokens import tokenise_records
 
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
-    held_out = [orjson.loads(line) for line in Path(spec["held_out"]).read_bytes().splitlines()]
+    held_out = list(read_jsonl(spec["held_out"]))
     collator = FirstCollator(TopKReader(spec["store"]), tokenizer.pad_token_id)
     examples = tokenise_records(tokenizer, held_out)
     batches = [collator(examples[i : i + 4]) for i in range(0, len(examples), 4)]
@@ -332,9 +337,7 @@ def main() -> None:
         sft = dict(per_device_train_batch_size=8, max_length=args.max_tokens, max_steps=args.quality_steps)
         sft |= dict(learning_rate=3e-3, warmup_steps=10, activation_checkpointing=False, seed=0)
         spec = dict(common, model=str(student), lora=False, c=c, sft=sft, eval=True, warmup=1)
-        quality = {
-            "teacher": teacher_reference(store, [orjson.loads(x) for x in open(common["held_out"], "rb")], c)
-        }
+        quality = {"teacher": teacher_reference(store, list(read_jsonl(common["held_out"])), c)}
         for name, kind, extra in (
             ("sft", "sft", {}),
             ("first", "first", {}),

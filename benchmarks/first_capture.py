@@ -28,34 +28,17 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.first import seed_records  # noqa: E402
 from trainers.first.smallmodels import bundled_smollm2  # noqa: E402
 from trainers.first.tokens import prompt_completion_ids  # noqa: E402
 
-SEED_TASKS = ROOT.parent / "shared" / "data" / "self-instruct-seed" / "seed_tasks.jsonl"
-FIXTURE = ROOT / "tests" / "data" / "first_pairs.jsonl"
 K = 5
 
 
 def load_records() -> tuple[list[dict], str]:
-    if not SEED_TASKS.exists():
-        print(f"({SEED_TASKS} absent: using the test fixture)")
-        rows = [orjson.loads(line) for line in FIXTURE.read_bytes().splitlines()]
-        return [
-            {"id": r["key"], "prompt": r["prompt"], "completion": r["completion"]} for r in rows
-        ], "fixture"
-    rows = []
-    for line in SEED_TASKS.read_bytes().splitlines():
-        task = orjson.loads(line)
-        instance = task["instances"][0]
-        user = task["instruction"] + (f"\n\n{instance['input']}" if instance["input"] else "")
-        rows.append(
-            {
-                "id": task["id"],
-                "prompt": [{"role": "user", "content": user}],
-                "completion": [{"role": "assistant", "content": instance["output"]}],
-            }
-        )
-    return rows, "self-instruct seed tasks"
+    """The records of benchmarks/first.py (no system message), keyed by `id` as a run's records are."""
+    rows, source = seed_records()
+    return [{"id": r["key"], "prompt": r["prompt"], "completion": r["completion"]} for r in rows], source
 
 
 def write_spec(folder: Path, provider: str, tokenizer: Path, rows: list[dict], packed: bool = True) -> Path:

@@ -30,13 +30,13 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-import orjson
 from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 from rouge_score import rouge_scorer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.jsonl import read_jsonl  # noqa: E402
 from filters.rouge import CJKTokenizer, RougeDedupe, RougeDedupeConfig, f1_from_lcs  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "healthai2025"
@@ -49,7 +49,7 @@ def load_originals() -> list[str]:
     files = sorted(DATA.glob("*camp_data_step_*_without_answer.jsonl"))
     if len(files) < 2:
         sys.exit(f"data absent: {DATA} (see /work/shared/data/README.md)")
-    return [orjson.loads(line)["feature_content"] for path in files for line in path.open("rb")]
+    return [record["feature_content"] for path in files for record in read_jsonl(path)]
 
 
 def light_edit(text: str, rng: random.Random) -> str:

@@ -36,6 +36,8 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.jsonl import read_jsonl  # noqa: E402
+from engine.store import OUTCOMES, stage_files  # noqa: E402
 from tests.engine_helpers import write_cases  # noqa: E402
 from tests.redis_server import RedisServer, require_redis_server  # noqa: E402
 from tests.server import FakeServer, last_user_text  # noqa: E402
@@ -128,16 +130,14 @@ def outcomes(tool: str, folder: Path, n: int) -> tuple[list[dict], dict[str, int
     rows, shard_of = [], {}
     if tool == "litellm":
         for i in range(n):
-            for line in (folder / f"answers-{i}.jsonl").read_bytes().splitlines():
-                row = orjson.loads(line)
+            for row in read_jsonl(folder / f"answers-{i}.jsonl"):
                 rows.append(row)
                 shard_of[row["id"]] = i
         return rows, shard_of
-    for kind in ("kept", "rejected", "failed"):
-        for path in sorted((folder / "out" / "answer" / kind).glob("shard-*.jsonl")):
+    for kind in OUTCOMES:
+        for path in stage_files(folder / "out" / "answer", kind):
             shard = int(path.stem.split("-")[1])
-            for line in path.read_bytes().splitlines():
-                entry = orjson.loads(line)
+            for entry in read_jsonl(path):
                 rows.append({"id": entry["id"], "answer": entry.get("answer") if kind == "kept" else None})
                 shard_of[entry["id"]] = shard
     return rows, shard_of

@@ -13,6 +13,15 @@ from typing import Any
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
+# the stage `write_spec` writes unless told otherwise; a test adds keys below it or stages after it
+ANSWER_STAGE = """
+[[stages]]
+name = "answer"
+generator = "template"
+provider = "teacher"
+input = "cases.jsonl"
+prompt = "Answer briefly: {question}"
+"""
 
 
 def write_cases(path: Path, n: int, text: str = "question number {i}") -> list[str]:
@@ -48,17 +57,7 @@ api_key_env = "TEST_ENGINE_KEY"
 max_concurrency = {concurrency}
 {provider}
 """
-    spec += (
-        stages
-        or """
-[[stages]]
-name = "answer"
-generator = "template"
-provider = "teacher"
-input = "cases.jsonl"
-prompt = "Answer briefly: {question}"
-"""
-    )
+    spec += stages or ANSWER_STAGE
     path = folder / "spec.toml"
     path.write_text(spec)
     return path

@@ -11,18 +11,10 @@ import pytest
 
 from engine.errors import SpecError
 from engine.spec import load_spec
-from tests.engine_helpers import engine, outcomes, read_lines, write_spec
+from tests.engine_helpers import ANSWER_STAGE, engine, outcomes, read_lines, write_spec
 
 # the template writes its answer to `reason`, so `engine eval` can read it (the server echoes the prompt)
-STAGES = """
-[[stages]]
-name = "answer"
-generator = "template"
-provider = "teacher"
-input = "cases.jsonl"
-prompt = "Answer briefly: {question}"
-output = "reason"
-"""
+STAGES = ANSWER_STAGE + 'output = "reason"\n'
 
 
 def test_named_run_end_to_end(tmp_path: Path, fake_server) -> None:

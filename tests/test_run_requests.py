@@ -20,6 +20,7 @@ from engine.errors import SpecError
 from engine.pipeline import Pipeline
 from engine.spec import load_spec
 from tests.engine_helpers import ROOT, engine, outcomes, write_spec
+from tests.test_pipeline import CHAINED
 
 TWO_PROVIDERS = """
 [providers.checker]
@@ -180,23 +181,7 @@ def test_ordinary_misuse_is_one_line_never_a_traceback(tmp_path: Path, fake_serv
 def test_progress_when_stderr_is_not_a_terminal_is_per_stage_and_status_prints_only_the_table(
     tmp_path: Path, fake_server, capsys
 ) -> None:
-    stages = """
-[[stages]]
-name = "first"
-generator = "template"
-provider = "teacher"
-input = "cases.jsonl"
-prompt = "Q: {question}"
-
-[[stages]]
-name = "second"
-generator = "template"
-provider = "teacher"
-input = "first"
-prompt = "Check: {answer}"
-output = "check"
-"""
-    spec = write_spec(tmp_path, fake_server.url, cases=12, concurrency=2, stages=stages)
+    spec = write_spec(tmp_path, fake_server.url, cases=12, concurrency=2, stages=CHAINED)
     fake_server.set(latency_s=0.1)
     fake_server.fail_next(4, 429, retry_after=0.5)  # the preflight (alive) and three items of the first stage
     proc = engine("run", spec, "--progress-every", "0.3", check=False)

@@ -9,19 +9,10 @@ import orjson
 
 from engine.providers.local import LocalConfig
 from engine.providers.openai import OpenAIConfig
-from tests.engine_helpers import engine_here, outcomes, write_spec
+from tests.engine_helpers import ANSWER_STAGE, engine_here, outcomes, write_spec
 
 N = 6
-STAGE = """
-[[stages]]
-name = "answer"
-generator = "template"
-provider = "teacher"
-input = "cases.jsonl"
-prompt = "Answer briefly: {question}"
-params = {temperature = 0.2}
-output = "answer"
-"""
+STAGE = ANSWER_STAGE + 'params = {temperature = 0.2}\noutput = "answer"\n'
 
 
 def pending(spec: Path) -> int:

@@ -20,9 +20,9 @@ from trl import DPOConfig, DPOTrainer
 
 from trainers.checkpoints import load_hook
 from trainers.data import save_format
-from trainers.fit import fit, trl_config
+from trainers.fit import fit
 from trainers.guard import check_test_overlap
-from trainers.modeling import base_folder, load_for_training, load_tokenizer
+from trainers.modeling import base_folder, build_trl_trainer
 from trainers.pairs import read_pairs, split_pairs
 from trainers.spec import TrainSpec
 
@@ -44,18 +44,7 @@ def build_dpo_trainer(
     spec: TrainSpec, train: list[dict[str, Any]], evaluation: list[dict[str, Any]], out: Path
 ) -> DPOTrainer:
     init = Path(spec.dpo.init_adapter) if spec.dpo.init_adapter else None
-    # the config first: under DeepSpeed ZeRO-3 it switches on zero.Init, so the model below loads sharded
-    args = trl_config(spec, "dpo", out)
-    model, peft_config = load_for_training(spec, init, "dpo.init_adapter")
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(train),
-        eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
-        processing_class=load_tokenizer(base_folder(spec)),
-        peft_config=peft_config,
-    )
-    return trainer
+    return build_trl_trainer(DPOTrainer, spec, "dpo", init, train, evaluation, out)
 
 
 def train_dpo(spec: TrainSpec) -> list[dict[str, Any]]:

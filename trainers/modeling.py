@@ -1,4 +1,5 @@
-"""Loading the base model, tokenizer and LoRA/QLoRA setup a training run starts from.
+"""Loading the base model, tokenizer and LoRA/QLoRA setup a training run starts from, and building a
+TRL trainer on them (`build_trl_trainer`, the SFT and DPO methods' one way).
 
 Returns either a plain model plus a LoraConfig (TRL wraps it), or, when the spec continues from an
 adapter, a PeftModel loaded trainable (TRL trains it as is; DPO copies it as its reference), or, with
@@ -12,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from trainers.base_model import resolve_base_model
+from trainers.fit import trl_config
 from trainers.spec import TrainSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -85,6 +88,30 @@ def load_for_training(
     if init_adapter is None:
         return model, lora_config(spec)
     return PeftModel.from_pretrained(model, init_adapter, is_trainable=True), None
+
+
+def build_trl_trainer(
+    trainer_class: type,
+    spec: TrainSpec,
+    method: str,
+    init: Path | None,
+    train: list[dict[str, Any]],
+    evaluation: list[dict[str, Any]],
+    out: Path,
+) -> Any:
+    """A TRL trainer (SFTTrainer, DPOTrainer) on the spec's model, from `init` (the `<method>.init_adapter`)
+    or a fresh LoRA, with the method's config from the spec."""
+    # the config first: under DeepSpeed ZeRO-3 it switches on zero.Init, so the model below loads sharded
+    args = trl_config(spec, method, out)
+    model, peft_config = load_for_training(spec, init, f"{method}.init_adapter")
+    return trainer_class(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train),
+        eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
+        processing_class=load_tokenizer(base_folder(spec)),
+        peft_config=peft_config,
+    )
 
 
 def load_adapter(base: str | Path, adapter: str | Path, dtype: str = "auto") -> Any:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from trainers.checkpoints import load_hook
@@ -27,9 +26,9 @@ from trainers.data import (
     task_dir,
     train_records,
 )
-from trainers.fit import fit, trl_config
+from trainers.fit import fit
 from trainers.guard import check_test_overlap
-from trainers.modeling import base_folder, load_for_training, load_tokenizer
+from trainers.modeling import base_folder, build_trl_trainer
 from trainers.spec import TrainSpec
 
 
@@ -55,18 +54,7 @@ def build_sft_trainer(
     spec: TrainSpec, task: Task, train: list[dict[str, Any]], evaluation: list[dict[str, Any]], out: Path
 ) -> SFTTrainer:
     init = task_dir(Path(spec.sft.init_adapter), task) if spec.sft.init_adapter else None
-    # the config first: under DeepSpeed ZeRO-3 it switches on zero.Init, so the model below loads sharded
-    args = trl_config(spec, "sft", out)
-    model, peft_config = load_for_training(spec, init, "sft.init_adapter")
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(train),
-        eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
-        processing_class=load_tokenizer(base_folder(spec)),
-        peft_config=peft_config,
-    )
-    return trainer
+    return build_trl_trainer(SFTTrainer, spec, "sft", init, train, evaluation, out)
 
 
 def train_sft(spec: TrainSpec) -> list[dict[str, Any]]:
