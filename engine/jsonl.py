@@ -29,10 +29,12 @@ def parse_line(path: str | Path, number: int, line: bytes, advice: str = FIX) ->
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        raise SpecError(f"{path}:{number}: not valid JSON ({exc}); {advice}") from None
-    if not isinstance(record, dict):
-        raise SpecError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}; {advice}")
-    return record
+        problem = f"not valid JSON ({exc})"
+    else:
+        if isinstance(record, dict):
+            return record
+        problem = f"expected a JSON object, got {type(record).__name__}"
+    raise SpecError(f"{path}:{number}: {problem}; {advice}")
 
 
 class Line(NamedTuple):
