@@ -15,10 +15,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from engine.jsonl import read_jsonl
 from engine.spec import load_spec as load_run_spec
 from tests.engine_helpers import ROOT, engine_here, outcomes
 from tests.train_helpers import tiny_model
-from trainers.data import read_jsonl
 from trainers.first.topk_store import TopKReader
 from trainers.spec import load_spec
 
