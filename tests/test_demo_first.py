@@ -60,7 +60,7 @@ def test_the_demo_first_sequence_captures_calibrates_trains_predicts_and_scores(
     tiny = tiny_model()
     copy_specs(DEMO, tmp_path / "runs" / "demo", tiny)
     copy_specs(DEMO_FIRST, tmp_path / "runs" / "demo-first", tiny)
-    labelled = read_jsonl(DEMO / "demos.jsonl")  # stands in for the demo run's label_reasons records
+    labelled = list(read_jsonl(DEMO / "demos.jsonl"))  # stands in for the demo run's label_reasons records
     kept = tmp_path / "runs" / "demo" / "out" / "label_reasons" / "kept"
     kept.mkdir(parents=True)
     (kept / "shard-00000.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in labelled))
@@ -84,7 +84,7 @@ def test_the_demo_first_sequence_captures_calibrates_trains_predicts_and_scores(
     fmt = spec.prompt_format()
 
     # the capture input: the labelled records rendered by the train spec's format, train and held out
-    rows = read_jsonl(first / "out" / "rows.jsonl")
+    rows = list(read_jsonl(first / "out" / "rows.jsonl"))
     by_id = {r["id"]: r for r in labelled}
     assert sorted(r["id"] for r in rows) == sorted(by_id) and {r["split"] for r in rows} == {
         "train",
