@@ -14,6 +14,7 @@ import inspect
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,15 @@ def _add_run_name(parser: argparse.ArgumentParser, help_text: str = "") -> None:
     )
 
 
+# peft asks transformers a question it deprecated each time it wraps a model: every LoRA load would print
+# their FutureWarning to our users, who can do nothing about it.
+QUIET_WARNINGS = ["`is_gradient_checkpointing` is deprecated"]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
     try:
         if argv[:2] == ["runs", "note"]:
             return cmd_note(argv[2:])

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +20,7 @@ from tokenizers.models import WordLevel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from engine.errors import SpecError
+from tests.engine_helpers import engine_here
 from trainers.first.calibrate import calibrate_store
 from trainers.first.collator import FirstCollator
 from trainers.first.metrics import next_token_metrics
@@ -32,7 +31,6 @@ from trainers.first.topk_store import PACKED_BOUND_NATS, TopKReader, TopKWriter,
 from trainers.first.trainer import FirstConfig, FirstTrainer, train_first
 from trainers.spec import load_spec
 
-ROOT = Path(__file__).parents[1]
 PAIRS = Path(__file__).parent / "data" / "first_pairs.jsonl"
 HELD_OUT = 8
 
@@ -242,10 +240,7 @@ def test_max_length_cuts_are_counted_and_warned_once(pair, tmp_path, caplog):
 
 def test_engine_train_first_reads_a_spec_and_its_overrides(pair, tmp_path):
     spec = first_spec(pair, tmp_path, lora="r = 4\nalpha = 8\n", c=0.5, max_steps=5)
-    proc = subprocess.run(
-        [sys.executable, "-m", "engine", "train", "first", str(spec), "--set", "max_steps=1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = engine_here("train", "first", spec, "--set", "max_steps=1", check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["c"] == 0.5 and (tmp_path / "out" / "adapter_config.json").exists()
@@ -260,9 +255,6 @@ def test_engine_train_first_reads_a_spec_and_its_overrides(pair, tmp_path):
 def test_engine_train_first_names_an_unknown_key_and_its_line(tmp_path):
     spec = tmp_path / "train.toml"
     spec.write_text('[first]\nstore = "s"\ntail_buckett = true\n')
-    proc = subprocess.run(
-        [sys.executable, "-m", "engine", "train", "first", str(spec)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    proc = engine_here("train", "first", spec, check=False)
     expected = f"error: {spec}:3: first.tail_buckett: unknown key (did you mean 'tail_bucket'?)"
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == expected
