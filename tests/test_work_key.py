@@ -62,3 +62,30 @@ def test_each_provider_kind_declares_the_keys_that_change_answers() -> None:
     settings = local.answer_settings()
     assert settings["adapter"] == "adapters/a" and {"dtype", "max_new_tokens", "params"} <= settings.keys()
     assert not {"threads", "batch_size", "rpm", "timeout_s", "price_in"} & settings.keys()
+
+
+def test_an_adapter_is_keyed_by_its_files_not_its_folder(tmp_path: Path) -> None:
+    """Retraining into the same folder (the usual `out/train/sft`) is new work; the same adapter copied
+    elsewhere, or a summary rewritten beside it, is not."""
+    adapter = tmp_path / "sft"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 4}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights v1")
+
+    def key(folder: Path) -> object:
+        return LocalConfig(kind="local", adapter=str(folder)).answer_settings()["adapter"]
+
+    first = key(adapter)
+    (adapter / "summary.json").write_text('{"steps": 4}')
+    (adapter / "checkpoint-4").mkdir()
+    assert key(adapter) == first
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (copy / name).write_bytes((adapter / name).read_bytes())
+    assert key(copy) == first
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights v2")
+    assert key(adapter) != first
+    (copy / "tokenizer_config.json").write_text('{"chat_template": "other"}')
+    assert key(copy) != first
+    assert key(tmp_path / "not-trained-yet") == str(tmp_path / "not-trained-yet")

@@ -10,6 +10,7 @@ concurrent complete() calls queue up and the worker runs up to `batch_size` of t
 from __future__ import annotations
 
 import collections
+import hashlib
 import threading
 import time
 from pathlib import Path
@@ -46,6 +47,31 @@ class LocalConfig(ProviderConfig):
         "dtype",
         "max_new_tokens",
     )
+
+    def answer_settings(self) -> dict[str, Any]:
+        settings = super().answer_settings()
+        if self.adapter:  # what the adapter is, not where: an adapter retrained in place is new work
+            settings["adapter"] = adapter_digest(Path(self.adapter).expanduser()) or self.adapter
+        return settings
+
+
+# The files of an adapter folder that change its answers: weights, LoRA config, tokenizer and chat template
+# (not the summaries, plots or checkpoints training writes beside them).
+ANSWER_FILES = ("adapter_*", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.*")
+
+
+def adapter_digest(folder: Path) -> str | None:
+    """A hash of the adapter's answer-changing files (None where the folder has none yet)."""
+    files = sorted({f for pattern in ANSWER_FILES for f in folder.glob(pattern) if f.is_file()})
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()[:24]
 
 
 # transformers' lazy imports are not thread-safe: two local providers loading at once in their worker
