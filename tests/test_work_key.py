@@ -69,7 +69,7 @@ def test_an_adapter_is_keyed_by_its_files_not_its_folder(tmp_path: Path) -> None
     elsewhere, or a summary rewritten beside it, is not."""
     adapter = tmp_path / "sft"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text('{"r": 4}')
+    (adapter / "adapter_config.json").write_text('{"r": 4, "target_modules": ["q_proj", "v_proj"]}')
     (adapter / "adapter_model.safetensors").write_bytes(b"weights v1")
 
     def key(folder: Path) -> object:
@@ -81,11 +81,19 @@ def test_an_adapter_is_keyed_by_its_files_not_its_folder(tmp_path: Path) -> None
     assert key(adapter) == first
     copy = tmp_path / "copy"
     copy.mkdir()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        (copy / name).write_bytes((adapter / name).read_bytes())
+    (copy / "adapter_model.safetensors").write_bytes((adapter / "adapter_model.safetensors").read_bytes())
+    # peft saves its module lists in set order, and the base model's path (keyed as the `model`)
+    (copy / "adapter_config.json").write_text(
+        '{"target_modules": ["v_proj", "q_proj"], "r": 4, "base_model_name_or_path": "/elsewhere"}'
+    )
     assert key(copy) == first
     (adapter / "adapter_model.safetensors").write_bytes(b"weights v2")
     assert key(adapter) != first
     (copy / "tokenizer_config.json").write_text('{"chat_template": "other"}')
     assert key(copy) != first
+    retrained = key(adapter)
+    (adapter / "adapter_config.json").write_text(
+        '{"r": 4, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"]}'
+    )
+    assert key(adapter) != retrained  # the LoRA scale changes answers with the same weights
     assert key(tmp_path / "not-trained-yet") == str(tmp_path / "not-trained-yet")

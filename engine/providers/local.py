@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import orjson
 from pydantic import Field
 
 from engine.errors import EngineError, Fatal
@@ -68,10 +69,27 @@ def adapter_digest(folder: Path) -> str | None:
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.name.encode() + b"\0")
+        if file.name == "adapter_config.json":
+            digest.update(_lora_settings(file))
+            continue
         with file.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return "sha256:" + digest.hexdigest()[:24]
+
+
+def _lora_settings(config: Path) -> bytes:
+    """adapter_config.json as settings: peft writes its module lists in set order (another order each
+    save) and the base model's path (keyed apart, as the provider's `model`)."""
+    try:
+        settings = orjson.loads(config.read_bytes())
+    except orjson.JSONDecodeError:
+        return config.read_bytes()
+    for name in ("base_model_name_or_path", "peft_version"):
+        settings.pop(name, None)
+    canonical = {k: sorted(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v
+                 for k, v in settings.items()}  # fmt: skip
+    return orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
 
 
 # transformers' lazy imports are not thread-safe: two local providers loading at once in their worker
