@@ -67,18 +67,23 @@ class Result:
     error: str = ""
 
 
-def engine_spec(folder: Path, url: str, workload: Workload, concurrency: int) -> Path:
-    rpm = f"rpm = {workload.rpm}\n" if workload.rpm else ""
+def engine_spec(
+    folder: Path, url: str, *, concurrency: int, rpm: int = 0, limiter: str | None = None
+) -> Path:
+    """The benchmarks' spec: one template stage over cases.jsonl against the fake server (`limiter`: a
+    shared limiter's URL, benchmarks/shared_limiter.py)."""
+    run = f'limiter = "{limiter}"\n' if limiter else ""
+    rpm_line = f"rpm = {rpm}\n" if rpm else ""
     spec = f"""[run]
 name = "bench"
 out = "out"
-
+{run}
 [providers.teacher]
 kind = "openai"
 base_url = "{url}"
 model = "test-model"
 max_concurrency = {concurrency}
-{rpm}
+{rpm_line}
 [[stages]]
 name = "answer"
 generator = "template"
@@ -92,7 +97,7 @@ prompt = "{PROMPT}"
 
 def command(tool: str, folder: Path, url: str, workload: Workload, concurrency: int) -> list[str]:
     if tool in ENGINES:
-        spec = engine_spec(folder, url, workload, concurrency)
+        spec = engine_spec(folder, url, concurrency=concurrency, rpm=workload.rpm)
         return [sys.executable, "-m", "engine", "run", str(spec), "--quiet"]
     python = ROOT / PEER_VENVS[tool] / "bin" / "python"
     args = [str(python), str(ROOT / "benchmarks" / "peers" / f"{tool}_run.py"), "--url", url]

@@ -36,13 +36,13 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.engine_throughput import PROMPT, engine_spec  # noqa: E402
 from engine.jsonl import read_jsonl  # noqa: E402
 from engine.store import OUTCOMES, stage_files  # noqa: E402
 from tests.engine_helpers import write_cases  # noqa: E402
 from tests.redis_server import RedisServer, require_redis_server  # noqa: E402
 from tests.server import FakeServer, last_user_text  # noqa: E402
 
-PROMPT = "Answer briefly: {question}"  # the fake server echoes it
 NUMBER = re.compile(r"question number (\d+)")
 LITELLM_VENV = ROOT / "benchmarks" / ".venv-litellm"
 ENGINES = {"engine": ROOT}  # --alt-engine adds "engine-alt" (the longer-answers section)
@@ -65,30 +65,6 @@ class ShardRun:
     lines: list[tuple[float, int, str]] = field(default_factory=list)  # (time, shard, stderr line)
     events: dict[str, float] = field(default_factory=dict)  # "kill"/"restart" -> time
     error: str = ""
-
-
-def engine_spec(folder: Path, url: str, *, rpm: int, concurrency: int, limiter: str | None) -> Path:
-    run = f'limiter = "{limiter}"\n' if limiter else ""
-    text = f"""[run]
-name = "bench"
-out = "out"
-{run}
-[providers.teacher]
-kind = "openai"
-base_url = "{url}"
-model = "test-model"
-max_concurrency = {concurrency}
-rpm = {rpm}
-
-[[stages]]
-name = "answer"
-generator = "template"
-provider = "teacher"
-input = "cases.jsonl"
-prompt = "{PROMPT}"
-"""
-    (folder / "spec.toml").write_text(text)
-    return folder / "spec.toml"
 
 
 def client_env() -> dict[str, str]:
