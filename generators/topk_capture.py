@@ -21,16 +21,13 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field
 
+from engine.digest import files_digest, tokenizer_files
 from engine.errors import Fatal, SpecError
 from engine.journal import SPACE_ERRORS, disk_full
 from engine.providers.base import Api
 from engine.types import ChatRequest, Record, TokenTopK, WorkItem
 from generators.base import LLM, Generator, GeneratorConfig, register
 
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model",
-)  # fmt: skip
 TOKEN_CHECK = 64  # completion tokens per record whose teacher-decoded text is compared with ours
 
 
@@ -311,10 +308,7 @@ def _tokenizer_fingerprint(folder: Path | None) -> str:
     bytes of its tokenizer files (a changed chat template is new work)."""
     if folder is None:
         return "bundled-smollm2"
-    present = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    present = tokenizer_files(folder)
     if not present:
         raise ValueError(f"tokenizer: {folder} holds no tokenizer files (tokenizer.json, ...)")
-    digest = hashlib.sha256()
-    for name in present:
-        digest.update(name.encode() + b"\0" + (folder / name).read_bytes())
-    return digest.hexdigest()[:16]
+    return files_digest(present)[:16]

@@ -10,7 +10,6 @@ concurrent complete() calls queue up and the worker runs up to `batch_size` of t
 from __future__ import annotations
 
 import collections
-import hashlib
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, ClassVar, Literal
 import orjson
 from pydantic import Field
 
+from engine.digest import files_digest, tokenizer_files
 from engine.errors import EngineError, Fatal
 from engine.providers.base import Api, Provider, ProviderConfig
 from engine.providers.grammar import grammar_key
@@ -56,31 +56,20 @@ class LocalConfig(ProviderConfig):
         return settings
 
 
-# The files of an adapter folder that change its answers: weights, LoRA config, tokenizer and chat template
-# (not the summaries, plots or checkpoints training writes beside them).
-ANSWER_FILES = ("adapter_*", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.*")
-
-
 def adapter_digest(folder: Path) -> str | None:
-    """A hash of the adapter's answer-changing files (None where the folder has none yet)."""
-    files = sorted({f for pattern in ANSWER_FILES for f in folder.glob(pattern) if f.is_file()})
+    """A hash of what in an adapter folder changes its answers: weights, LoRA settings, tokenizer and chat
+    template (not the summaries, plots or checkpoints training writes beside them); None before any."""
+    files = [*sorted(f for f in folder.glob("adapter_*") if f.is_file()), *tokenizer_files(folder)]
     if not files:
         return None
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode() + b"\0")
-        if file.name == "adapter_config.json":
-            digest.update(_lora_settings(file))
-            continue
-        with file.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return "sha256:" + digest.hexdigest()[:24]
+    return "sha256:" + files_digest(files, canonical=_lora_settings)[:24]
 
 
-def _lora_settings(config: Path) -> bytes:
+def _lora_settings(config: Path) -> bytes | None:
     """adapter_config.json as settings: peft writes its module lists in set order (another order each
-    save) and the base model's path (keyed apart, as the provider's `model`)."""
+    save) and the base model's path (keyed apart, as the provider's `model`). None for other files."""
+    if config.name != "adapter_config.json":
+        return None
     try:
         settings = orjson.loads(config.read_bytes())
     except orjson.JSONDecodeError:
