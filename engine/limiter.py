@@ -194,7 +194,7 @@ class Limiter:
         self._last_shrink = 0.0
 
     @classmethod
-    def from_config(cls, config: ProviderConfig, **kwargs: float) -> Limiter:
+    def from_config(cls, config: ProviderConfig, **kwargs: Any) -> Limiter:
         return cls(config.rpm, config.tpm, config.max_concurrency, **kwargs)
 
     @contextlib.asynccontextmanager

@@ -253,10 +253,6 @@ class SharedLimiter(Limiter):
         self.fallbacks = 0
         self.rejoins = 0
 
-    @classmethod
-    def from_config(cls, config: Any, **kwargs: Any) -> SharedLimiter:
-        return cls(config.rpm, config.tpm, config.max_concurrency, **kwargs)
-
     # ---- admission --------------------------------------------------------------------------------
     async def _admit(self, estimated_tokens: int) -> None:
         while True:
